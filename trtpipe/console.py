@@ -1,0 +1,60 @@
+"""Progress and messages: rich on a terminal, plain readable lines in CI logs.
+
+rich honours NO_COLOR and detects non-TTY output itself; we only choose how chatty to be.
+"""
+
+import sys
+import time
+
+from rich.console import Console
+
+
+class UI:
+    def __init__(self, quiet=False, verbose=False, stream=None):
+        self.quiet, self.verbose = quiet, verbose
+        self.out = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self._stage_start = None
+        self._phase_seen = {}
+
+    # stages -----------------------------------------------------------
+    def stage(self, name, detail=""):
+        self._stage_start = time.perf_counter()
+        if not self.quiet:
+            self.out.print(f"[bold cyan]▶ {name}[/]" + (f" [dim]{detail}[/]" if detail else ""))
+
+    def done(self, summary=""):
+        took = time.perf_counter() - (self._stage_start or time.perf_counter())
+        if not self.quiet:
+            self.out.print(f"  [green]✓[/] {summary} [dim]({took:.2f}s)[/]")
+        return took
+
+    def step(self, label):
+        if not self.quiet:
+            self.out.print(f"  [dim]·[/] {label}")
+
+    def phase(self, name, current, total):
+        """Builder progress (IProgressMonitor): print each phase once, on start, when verbose."""
+        if self.verbose and name not in self._phase_seen:
+            self._phase_seen[name] = True
+            self.out.print(f"    [dim]build phase: {name} ({total} steps)[/]")
+
+    # messages ---------------------------------------------------------
+    def info(self, msg):
+        if not self.quiet:
+            self.out.print(msg)
+
+    def detail(self, msg):
+        if self.verbose:
+            self.out.print(f"    [dim]{msg}[/]", markup=False) if "[" in msg else self.out.print(f"    [dim]{msg}[/]")
+
+    def warn(self, msg):
+        self.err.print(f"[yellow]warning:[/] {msg}", markup=True)
+
+    def error(self, msg, code):
+        self.err.print(f"[bold red]error[/] [dim](exit {code})[/]: ", end="")
+        self.err.print(msg, markup=False)
+
+    def table(self, table):
+        if not self.quiet:
+            self.out.print(table)

@@ -1,0 +1,72 @@
+"""User-facing errors and the exit codes the CLI maps them to.
+
+Every error a user can cause is one of these; the CLI prints `str(err)` (no traceback unless
+--debug) and exits with `err.exit_code`. Codes are documented in README.md and `--help`.
+"""
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1      # a bug in trt-pipeline itself (traceback shown)
+EXIT_USAGE = 2         # bad command line
+EXIT_RECIPE = 3        # recipe file: YAML syntax, schema, pass name/parameters, paths
+EXIT_SOURCE = 4        # model could not be loaded or converted
+EXIT_PASS = 5          # a graph-surgery pass failed
+EXIT_VALIDATION = 6    # outputs disagree beyond tolerance
+EXIT_BUILD = 7         # parser, plugin or builder failure
+EXIT_OUTPUT = 8        # output directory not writable, artifact could not be published
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (a bug: please report it with --debug output)",
+    EXIT_USAGE: "bad command-line usage",
+    EXIT_RECIPE: "recipe error (YAML, schema, pass names or parameters, paths)",
+    EXIT_SOURCE: "source error (model missing, corrupt, or conversion left unknown ops)",
+    EXIT_PASS: "graph-surgery pass failed",
+    EXIT_VALIDATION: "validation failed (outputs disagree beyond tolerance)",
+    EXIT_BUILD: "build error (parser, plugin or builder)",
+    EXIT_OUTPUT: "output error (cannot write artifacts)",
+}
+
+
+class PipelineError(Exception):
+    """Base class: a message a user can act on, and an exit code."""
+
+    exit_code = EXIT_INTERNAL
+    stage = "pipeline"
+
+    def __init__(self, message, *, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self):
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class RecipeError(PipelineError):
+    exit_code = EXIT_RECIPE
+    stage = "recipe"
+
+
+class SourceError(PipelineError):
+    exit_code = EXIT_SOURCE
+    stage = "source"
+
+
+class PassError(PipelineError):
+    exit_code = EXIT_PASS
+    stage = "passes"
+
+
+class ValidationError(PipelineError):
+    exit_code = EXIT_VALIDATION
+    stage = "validate"
+
+
+class BuildError(PipelineError):
+    exit_code = EXIT_BUILD
+    stage = "build"
+
+
+class OutputError(PipelineError):
+    exit_code = EXIT_OUTPUT
+    stage = "output"

@@ -1,0 +1,96 @@
+"""The main job: recipe -> source -> passes -> validate -> build -> publish -> report.
+
+Each stage lives in its own module; this file only strings them together, times them, and makes
+sure nothing is published unless every stage succeeded.
+"""
+
+import time
+from pathlib import Path
+
+import onnx
+
+from . import report as report_mod
+from .backend import resolve_backend
+from .build import build_plan
+from .publish import Staging
+from .recipe import load_recipe
+from .registry import PassContext
+from .source import load_source
+from .transform import op_histogram, run_passes
+
+
+class RunOptions:
+    def __init__(self, validate=True, debug=False):
+        self.validate = validate
+        self.debug = debug
+
+
+def run_recipe(recipe_path, ui, options=None):
+    options = options or RunOptions()
+    timings = {}
+    t0 = time.perf_counter()
+
+    ui.stage("recipe", str(recipe_path))
+    recipe = load_recipe(recipe_path)
+    backend = resolve_backend(recipe.data["build"]["backend"])
+    timings["recipe"] = ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es), "
+                                f"backend {backend.name} {backend.version}")
+
+    out = recipe.data["output"]
+    with Staging(out["dir"], where=f"{recipe.locate(('output', 'dir'))}: ") as staging:
+        ui.stage("source", _source_label(recipe.data["source"]))
+        source = load_source(recipe.data["source"], locate=recipe.locate, log=ui.detail)
+        timings["source"] = ui.done(f"{source.kind}: {len(source.model.graph.node)} nodes, opset {source.opset}")
+        source_path = staging.path(f"{recipe.name}.source.onnx")
+        _save_onnx(source.model, source_path)
+
+        ui.stage("passes")
+        ctx = PassContext(backend=backend.name, backend_version=backend.version_tuple,
+                          recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail)
+        model, pass_stats = run_passes(source.model, recipe, ctx, progress=ui)
+        timings["passes"] = ui.done(f"{len(source.model.graph.node)} -> {len(model.graph.node)} nodes")
+        final_path = staging.path(out["onnx"])
+        _save_onnx(model, final_path)
+
+        validation = {"status": "skipped", "reason": "validation stage not available in this version"}
+        if not options.validate:
+            validation = {"status": "skipped", "reason": "--no-validate"}
+
+        ui.stage("build", f"{backend.name} {backend.version}")
+        result = build_plan(str(final_path), recipe.data["build"], backend,
+                            locate=recipe.locate, progress=ui, log=ui.detail)
+        plan_path = staging.path(out["plan"])
+        plan_path.write_bytes(result.plan)
+        timings["build"] = ui.done(f"plan {len(result.plan) / 2**20:.2f} MiB")
+
+        artifacts = [source_path.name, out["onnx"], out["plan"]] + sorted(_stage_artifacts(ctx, staging))
+        timings["total"] = time.perf_counter() - t0
+        rep = report_mod.make_report(
+            recipe=recipe, backend=backend, source=source, pass_stats=pass_stats, build=result,
+            validation=validation, timings=timings, ops_final=op_histogram(model),
+            artifacts={name: staging.path(name) for name in artifacts}, options=options)
+        report_mod.write(rep, staging.path("report.json"), staging.path("report.md"))
+        published = staging.publish(artifacts + ["report.json", "report.md"])
+    ui.table(report_mod.summary_table(rep, published))
+    return rep
+
+
+def _source_label(src):
+    return f"ONNX {src['onnx']}" if "onnx" in src else f"SavedModel {src['saved_model']} (tf2onnx, opset {src['opset']})"
+
+
+def _save_onnx(model, path):
+    large = model.ByteSize() >= 2**31 - 1
+    onnx.save_model(model, str(path), save_as_external_data=large,
+                    location=Path(path).name + ".data" if large else None)
+
+
+def _stage_artifacts(ctx, staging):
+    """Files passes asked to publish (e.g. the NMS post-processing model), relative to staging."""
+    names = []
+    for name, path in ctx.artifacts.items():
+        path = Path(path)
+        if path.parent != staging.dir:
+            raise RuntimeError(f"pass artifact {name} must be written inside the stage directory")
+        names.append(path.name)
+    return names
