@@ -107,6 +107,7 @@ def all_passes():
 class PassContext:
     """What a pass may know about the run besides its graph and parameters."""
 
+    name: str = "model"             # recipe name, for artifact file names
     backend: str = "tensorrt_rtx"
     backend_version: tuple = None
     recipe_dir: Path = None
@@ -117,6 +118,8 @@ class PassContext:
     output_map: dict = dataclasses.field(default_factory=dict)
     # artifact name -> path, published next to the plan (e.g. the NMS post-processing model)
     artifacts: dict = dataclasses.field(default_factory=dict)
+    # set by an NMS `split`: how the post-processing model completes the engine (see docs/architecture.md)
+    postprocess: dict = None
     notes: list = dataclasses.field(default_factory=list)
     logger: object = None
 

@@ -16,7 +16,7 @@ from .publish import Staging
 from .recipe import load_recipe
 from .registry import PassContext
 from .source import load_source
-from .transform import op_histogram, run_passes
+from .transform import initial_input_contract, op_histogram, run_passes
 
 
 class RunOptions:
@@ -45,8 +45,9 @@ def run_recipe(recipe_path, ui, options=None):
         _save_onnx(source.model, source_path)
 
         ui.stage("passes")
-        ctx = PassContext(backend=backend.name, backend_version=backend.version_tuple,
-                          recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail)
+        ctx = PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
+                          recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail,
+                          input_contract=initial_input_contract(source.model))
         model, pass_stats = run_passes(source.model, recipe, ctx, progress=ui)
         timings["passes"] = ui.done(f"{len(source.model.graph.node)} -> {len(model.graph.node)} nodes")
         final_path = staging.path(out["onnx"])

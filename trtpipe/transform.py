@@ -34,6 +34,22 @@ def _first_line(err):
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def initial_input_contract(model):
+    """Identity contract: each final input is the source input of the same name, unchanged."""
+    inits = {i.name for i in model.graph.initializer}
+    contract = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        contract[inp.name] = {"source_input": inp.name, "source_dtype": dtype, "source_shape": dims,
+                              "shape": dims if all(isinstance(d, int) for d in dims) else None,
+                              "steps": []}
+    return contract
+
+
 def run_passes(model, recipe, ctx, progress=None):
     """Returns (model, stats) where stats is a list of dicts per executed pass."""
     stats = []
