@@ -74,10 +74,9 @@ def load_recipe(path):
         raise RecipeError(f"{path}:1:1: a recipe must be a YAML mapping with at least `name:` and `source:`, "
                           f"got {type(raw).__name__}")
     errors = list(schema_errors(raw, load_schema("recipe.schema.json")))
-    if not errors:
-        errors += _check_passes(raw)
-        errors += _check_build(raw)
+    errors += _check_passes(raw) + _check_build(raw)
     if errors:
+        errors.sort(key=lambda e: marks.line(e[0]) or marks.line(e[0][:-1]) or 0)
         lines = [f"{marks.locate(p)}: {key_path(p)}: {msg}" for p, msg in errors]
         noun = "error" if len(lines) == 1 else "errors"
         raise RecipeError(f"{path}: {len(lines)} recipe {noun}:\n  " + "\n  ".join(lines))
@@ -91,29 +90,41 @@ def load_recipe(path):
 def _check_passes(raw):
     errors = []
     known = registry.names()
-    for i, item in enumerate(raw.get("passes") or []):
+    items = raw.get("passes")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict) or not isinstance(item.get("pass"), str):
+            continue  # the schema check already reported it
         info = registry.get(item["pass"])
         if info is None:
             errors.append(((("passes", i, "pass")),
                            f"unknown pass '{item['pass']}'{suggest(item['pass'], known)}; "
                            f"`python pipeline.py passes` lists them"))
             continue
-        errors += list(schema_errors(item.get("params") or {}, info.schema, ("passes", i, "params")))
+        if isinstance(item.get("params", {}), dict):
+            errors += list(schema_errors(item.get("params") or {}, info.schema, ("passes", i, "params")))
     return errors
 
 
 def _check_build(raw):
-    build = raw.get("build") or {}
+    """What the schema cannot say; skips anything the schema check already found malformed."""
+    build = raw.get("build")
+    if not isinstance(build, dict):
+        return []
     errors = []
-    if "workspace" in build and parse_size(build["workspace"]) is None:
-        errors.append((("build", "workspace"), f"expected a size such as 2GiB or 512MiB, got {build['workspace']!r}"))
     seen = {}
-    for i, prof in enumerate(build.get("profiles") or []):
+    profiles = build.get("profiles")
+    for i, prof in enumerate(profiles if isinstance(profiles, list) else []):
+        if not isinstance(prof, dict) or not isinstance(prof.get("name"), str) or not isinstance(prof.get("inputs"), dict):
+            continue
         if prof["name"] in seen:
             errors.append((("build", "profiles", i, "name"),
                            f"duplicate profile name '{prof['name']}' (also profiles[{seen[prof['name']]}])"))
         seen.setdefault(prof["name"], i)
         for inp, dims in prof["inputs"].items():
+            if not (isinstance(dims, dict) and all(isinstance(dims.get(k), list) for k in ("min", "opt", "max"))):
+                continue
+            if not all(isinstance(d, int) for k in ("min", "opt", "max") for d in dims[k]):
+                continue
             errors += _check_profile_dims(("build", "profiles", i, "inputs", inp), inp, dims)
     return errors
 
@@ -154,6 +165,9 @@ def _default_paths(raw, data, prefix=()):
 def _resolve(data, base):
     """Make recipe paths absolute (relative to the recipe) and expand name placeholders."""
     src = data["source"]
+    if "onnx" in src:  # SavedModel-only settings mean nothing for an ONNX source
+        for key in ("signature", "tag", "opset", "large_model"):
+            src.pop(key, None)
     for key in ("onnx", "saved_model"):
         if key in src:
             src[key] = resolve_path(src[key], base)

@@ -88,5 +88,7 @@ def _export(graph, previous, label, where):
     # graphsurgeon drops model-level metadata it does not model; keep the producer's.
     model.producer_name = previous.producer_name or "trt-pipeline"
     model.producer_version = previous.producer_version
-    model.ir_version = max(model.ir_version, 0) or previous.ir_version
+    # graphsurgeon drops initializers from graph inputs; that is only legal from IR version 4 on
+    # (old model-zoo graphs are IR 3).
+    model.ir_version = max(model.ir_version, 4)
     return model

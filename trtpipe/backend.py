@@ -1,0 +1,185 @@
+"""One interface over `tensorrt` (10.x/11.x) and TensorRT-RTX.
+
+Both expose the same Python API (Builder, OnnxParser, IBuilderConfig, ...); the rest of the
+pipeline only ever sees `Backend.trt`. TensorRT-RTX adds ahead-of-time compute capabilities.
+"""
+
+import ctypes
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import BuildError
+
+NAMES = ("auto", "tensorrt", "tensorrt_rtx")
+
+_TRT_INSTALL = "pip install 'trt-pipeline[tensorrt]' (tensorrt>=10; needs NVIDIA's package index)"
+_RTX_INSTALL = ("pip install tensorrt-rtx-cu13-bindings==1.7.1.116 "
+                "onnxruntime-ep-nv-tensorrt-rtx-cu13==0.5.0")
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    name: str            # "tensorrt" or "tensorrt_rtx"
+    trt: object          # the imported module
+    version: str         # e.g. "1.7.1.116"
+    version_tuple: tuple  # e.g. (1, 7, 1, 116)
+
+    @property
+    def major(self):
+        return self.version_tuple[0] if self.version_tuple else 0
+
+    @property
+    def is_rtx(self):
+        return self.name == "tensorrt_rtx"
+
+    @property
+    def label(self):
+        """Short name for messages: 'tensorrt_rtx 1.7.1'."""
+        return f"{self.name} {'.'.join(map(str, self.version_tuple[:3]))}"
+
+
+@lru_cache(maxsize=None)
+def resolve_backend(name="auto"):
+    if name not in NAMES:
+        raise BuildError(f"unknown build backend {name!r}; expected one of {', '.join(NAMES)}")
+    if name == "tensorrt":
+        return _load_tensorrt()
+    if name == "tensorrt_rtx":
+        return _load_rtx()
+    try:
+        return _load_tensorrt()
+    except BuildError as trt_err:
+        try:
+            return _load_rtx()
+        except BuildError as rtx_err:
+            raise BuildError("no TensorRT backend can be imported:\n  - " + str(trt_err)
+                             + "\n  - " + str(rtx_err)) from None
+
+
+def _load_tensorrt():
+    try:
+        trt = importlib.import_module("tensorrt")
+        version = trt.__version__
+    except Exception as exc:  # ImportError, or OSError when libnvinfer is missing
+        raise BuildError(f"backend tensorrt cannot be imported ({type(exc).__name__}: {exc}); "
+                         f"install it with: {_TRT_INSTALL}") from None
+    backend = Backend("tensorrt", trt, version, _vtuple(version))
+    if backend.major < 10:
+        raise BuildError(f"tensorrt {version} is too old: trt-pipeline needs TensorRT 10 or newer "
+                         f"(modern builder API); install it with: {_TRT_INSTALL}")
+    return backend
+
+
+def _load_rtx():
+    # Polygraphy reads this when polygraphy.config is first imported; set it before that happens,
+    # and patch the config if it was imported already.
+    os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
+    if "polygraphy.config" in sys.modules:
+        sys.modules["polygraphy.config"].USE_TENSORRT_RTX = True
+    trt = sys.modules.get("tensorrt_rtx")
+    if trt is None:
+        trt = _import_rtx_bindings()
+        sys.modules["tensorrt_rtx"] = trt  # so `import tensorrt_rtx` (Polygraphy) gets the same module
+    version = getattr(trt, "__version__", "0")
+    return Backend("tensorrt_rtx", trt, version, _vtuple(version))
+
+
+def _import_rtx_bindings():
+    errors = []
+    try:
+        # Its import preloads libtensorrt_rtx.so / libtensorrt_onnxparser_rtx.so for the bindings.
+        importlib.import_module("onnxruntime_ep_nv_tensorrt_rtx")
+    except Exception as exc:
+        errors.append(f"onnxruntime_ep_nv_tensorrt_rtx: {type(exc).__name__}: {exc}")
+    for module in ("tensorrt_rtx_bindings", "tensorrt_rtx"):
+        if importlib.util.find_spec(module) is None:
+            continue
+        try:
+            return importlib.import_module(module)
+        except Exception as exc:
+            errors.append(f"{module}: {type(exc).__name__}: {exc}")
+    detail = "; ".join(errors) or "module tensorrt_rtx_bindings not found"
+    raise BuildError(f"backend tensorrt_rtx cannot be imported ({detail}); "
+                     f"install it with: {_RTX_INSTALL}")
+
+
+def _vtuple(version):
+    parts = []
+    for piece in str(version).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def rtx_supported_ccs(backend):
+    """Compute capabilities this TensorRT-RTX knows, as "8.9"-style strings (from the enum)."""
+    out = []
+    for member in getattr(backend.trt.ComputeCapability, "__members__", {}):
+        if member.startswith("SM") and member[2:].isdigit():
+            out.append(f"{member[2:-1]}.{member[-1]}")
+    return out
+
+
+def has_runtime_gpu(backend, compute_capabilities=None):
+    """(True, description) if a plan from `backend` can be deserialized and run here, else
+    (False, precise reason). Never raises; never needs a GPU to answer."""
+    ok, info = _probe_cuda()
+    if not ok:
+        return False, info
+    cc, dev = info["cc"], f"device 0 ({info['name']}, compute capability {info['cc']})"
+    if backend.is_rtx:
+        supported = rtx_supported_ccs(backend)
+        if cc not in supported:
+            return False, (f"{backend.label} cannot run compute capability {cc} ({dev}); "
+                           f"it supports {', '.join(supported)}")
+        if compute_capabilities and cc not in compute_capabilities:
+            return False, (f"the plan was built for compute capability {', '.join(compute_capabilities)} "
+                           f"but {dev} is {cc}")
+    return True, dev
+
+
+@lru_cache(maxsize=1)
+def _probe_cuda():
+    """Ask the CUDA driver directly (ctypes): creating a trt.Runtime succeeds even without a GPU."""
+    names = ["nvcuda.dll"] if sys.platform.startswith("win") else ["libcuda.so.1", "libcuda.so"]
+    lib = None
+    for libname in names:
+        try:
+            lib = ctypes.CDLL(libname)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return False, f"no CUDA device (CUDA driver not found: {names[0]} cannot be loaded)"
+    try:
+        rc = lib.cuInit(0)
+        if rc != 0:
+            return False, f"no usable CUDA device (cuInit failed: {_cu_error(lib, rc)})"
+        count = ctypes.c_int(0)
+        rc = lib.cuDeviceGetCount(ctypes.byref(count))
+        if rc != 0 or count.value == 0:
+            return False, "no CUDA device (the CUDA driver reports 0 devices)"
+        major, minor, name = ctypes.c_int(0), ctypes.c_int(0), ctypes.create_string_buffer(256)
+        # 75/76 = CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR/MINOR
+        lib.cuDeviceGetAttribute(ctypes.byref(major), 75, 0)
+        lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0)
+        lib.cuDeviceGetName(name, 256, 0)
+    except (AttributeError, OSError) as exc:
+        return False, f"no usable CUDA device (CUDA driver query failed: {exc})"
+    return True, {"cc": f"{major.value}.{minor.value}", "name": name.value.decode(errors="replace"),
+                  "count": count.value}
+
+
+def _cu_error(lib, rc):
+    text = ctypes.c_char_p()
+    try:
+        lib.cuGetErrorName(rc, ctypes.byref(text))
+        return f"{text.value.decode()} ({rc})" if text.value else str(rc)
+    except (AttributeError, OSError):
+        return str(rc)
