@@ -36,7 +36,13 @@ def _main_parser():
               recipe -> source (ONNX or SavedModel via tf2onnx) -> passes -> validate -> build -> report
 
             other commands:
-              python pipeline.py passes [NAME]   list graph-surgery passes and their parameters
+              python pipeline.py passes [NAME]          list graph-surgery passes and their parameters
+              python pipeline.py check RECIPE...        check recipes without converting or building
+              python pipeline.py explain RECIPE         resolved recipe (defaults marked) and stage plan
+              python pipeline.py diff OLD NEW           semantic recipe diff and the stages that re-run
+              python pipeline.py diff --git REV RECIPE  the same against a git revision
+              python pipeline.py fmt [--check] RECIPE...  canonical key order, comments kept
+              python pipeline.py docs [--check]         regenerate docs/passes.md, docs/recipe.md
             """),
         epilog=_exit_code_help() + "\n\nRecipe reference: schemas/recipe.schema.json (see docs/).")
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/effdet.yaml")
@@ -47,6 +53,7 @@ def _main_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    from . import review  # noqa: F401  (registers check, explain, diff, fmt, docs)
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     args = _main_parser().parse_args(argv)

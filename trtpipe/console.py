@@ -7,6 +7,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.text import Text
 
 
 class UI:
@@ -46,7 +47,7 @@ class UI:
 
     def detail(self, msg):
         if self.verbose:
-            self.out.print(f"    [dim]{msg}[/]", markup=False) if "[" in msg else self.out.print(f"    [dim]{msg}[/]")
+            self.out.print(Text("    " + str(msg), style="dim"))
 
     def warn(self, msg):
         self.err.print(f"[yellow]warning:[/] {msg}", markup=True)

@@ -29,6 +29,7 @@ class PassInfo:
     func: object
     schema: dict
     origin: str  # module that registered it
+    precheck: object = None  # optional precheck(params, ctx): raise PassError before any conversion
 
     @property
     def summary(self):
@@ -46,11 +47,12 @@ class PassInfo:
         return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def register_pass(name, schema=None):
+def register_pass(name, schema=None, precheck=None):
     """Decorator: register `func(graph, params, ctx) -> graph` under `name`.
 
     `schema` is the parameter JSON Schema; built-ins leave it None and keep it in
-    schemas/passes/<name>.schema.json.
+    schemas/passes/<name>.schema.json. `precheck(params, ctx)` may refuse a configuration that
+    cannot work with the chosen backend (e.g. a plugin it lacks) before any conversion starts.
     """
 
     def wrap(func):
@@ -65,7 +67,7 @@ def register_pass(name, schema=None):
         existing = _PASSES.get(name)
         if existing and existing.func is not func:
             raise RuntimeError(f"pass '{name}' registered twice ({existing.origin} and {func.__module__})")
-        _PASSES[name] = PassInfo(name, func, resolved, func.__module__)
+        _PASSES[name] = PassInfo(name, func, resolved, func.__module__, precheck)
         return func
 
     return wrap

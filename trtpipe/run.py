@@ -25,8 +25,17 @@ class RunOptions:
         self.debug = debug
 
 
+def quiet_libraries(verbose):
+    """ONNX Runtime and Polygraphy log warnings meant for their own developers; keep errors."""
+    import onnxruntime
+    from polygraphy.logger import G_LOGGER
+    onnxruntime.set_default_logger_severity(3)
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+
+
 def run_recipe(recipe_path, ui, options=None):
     options = options or RunOptions()
+    quiet_libraries(ui.verbose)
     timings = {}
     t0 = time.perf_counter()
 
