@@ -10,7 +10,9 @@ import contextlib
 import difflib
 import os
 import re
+import sys
 import tempfile
+import textwrap
 import threading
 import time
 import warnings
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from . import plugins as plugin_mod
-from .errors import BuildError, OutputError
+from .backend import rtx_supported_ccs
+from .errors import BuildError, OutputError, RecipeError
 
 _MEMORY_RE = {
     "activation_bytes": re.compile(r"Total Activation Memory:\s*(\d+)"),
@@ -29,6 +32,12 @@ _MEMORY_RE = {
 # CPU-only machine, and warns when a second builder brings its own logger.
 _NOISE = ("catchCudaError", "logger passed into createInferBuilder differs")
 _BUILD_LOCK = threading.Lock()  # one build at a time: the logger is process-wide
+
+
+class BuildConfigError(RecipeError, BuildError):
+    """A recipe mistake that only shows against the parsed network (profiles naming inputs it lacks,
+    wrong ranks or static dims, a missing profile, an unknown compute capability): it is located in
+    the recipe and exits with the recipe code, yet is still a BuildError for callers of build_plan."""
 
 
 @dataclass
@@ -57,38 +66,19 @@ def build_plan(model_path, build_cfg, backend, *, locate=None, progress=None, lo
     if not os.path.isfile(model_path):
         raise BuildError(f"model file {model_path} does not exist")
     cfg = _with_defaults(build_cfg)
-    trt = backend.trt
     t0 = time.perf_counter()
-    with _BUILD_LOCK, _capture(trt) as cap:
-        logger = cap.logger
-        builder = trt.Builder(logger)
-        regs = plugin_mod.registries(backend, builder, logger)
-        plugin_mod.load_libraries(cfg["plugins"], regs[0], lambda: cap.errors, locate)
-        network = builder.create_network(_network_flags(trt))
-        parser = trt.OnnxParser(network, logger)
-        model = onnx.load(model_path, load_external_data=False)  # graph only: weights stay on disk
-        plugin_mod.check_plugins(model, parser, regs, backend)
-
-        log(f"parsing {os.path.basename(model_path)}")
-        cap.reset()
-        if not parser.parse_from_file(model_path):
-            raise BuildError(_parser_failure(parser, model, model_path, cap))
-        inputs, outputs = _tensors(network, network.num_inputs, network.get_input), \
-            _tensors(network, network.num_outputs, network.get_output)
+    with _BUILD_LOCK, _capture(backend.trt) as cap:
+        builder = backend.trt.Builder(cap.logger)
+        # The parser owns the imported weights: keep it alive until the plan is serialized.
+        network, parser, model, notes = _parse(backend, builder, cap, model_path, cfg, locate, log)
+        inputs = _tensors(network.num_inputs, network.get_input)
+        outputs = _tensors(network.num_outputs, network.get_output)
         log(f"network: {network.num_layers} layers, inputs "
             + ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in inputs))
-
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg["workspace_bytes"]))
-        config.builder_optimization_level = int(cfg["optimization_level"])
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # memory figures, layer names
-        ccs = _set_compute_capabilities(backend, config, cfg["compute_capabilities"], locate, log)
-        _add_profiles(builder, config, inputs, cfg["profiles"], _dim_names(model), locate)
-        notes = []
-        cache_path = cfg["timing_cache"]
-        if cache_path:
-            _load_timing_cache(backend, config, cache_path, notes, log)
-        monitor = _attach_progress(trt, config, progress)
+        config, ccs = _configure(backend, builder, cfg, inputs, model, locate, log)
+        if cfg["timing_cache"]:
+            _load_timing_cache(backend, config, cfg["timing_cache"], notes, log)
+        monitor = _attach_progress(backend.trt, config, progress)
 
         log(f"building with {backend.label}" + (f" for compute capability {', '.join(ccs)}" if ccs else ""))
         cap.reset()
@@ -98,14 +88,49 @@ def build_plan(model_path, build_cfg, backend, *, locate=None, progress=None, lo
         if serialized is None:
             raise _build_failure(cap, network, model, backend, ccs)
         plan = bytes(memoryview(serialized))
-        if cache_path:
-            _save_timing_cache(backend, config, cache_path, locate, log)
+        del parser
+        if cfg["timing_cache"]:
+            _save_timing_cache(backend, config, cfg["timing_cache"], locate, log)
         return BuildResult(
             plan=plan, backend=backend.name, backend_version=backend.version,
             compute_capabilities=ccs, duration_s=time.perf_counter() - t0,
-            inputs=inputs, outputs=outputs, memory=cap.memory or None,
+            inputs=_public(inputs), outputs=_public(outputs), memory=cap.memory or None,
             num_layers=network.num_layers, warnings=notes + cap.warning_list(),
-            profiles=[p["name"] for p in cfg["profiles"]], timing_cache=cache_path)
+            profiles=[p["name"] for p in cfg["profiles"]], timing_cache=cfg["timing_cache"])
+
+
+def _parse(backend, builder, cap, model_path, cfg, locate, log):
+    """Plugins first (the parser needs them), then the plugin check, then the parser itself."""
+    trt = backend.trt
+    regs = plugin_mod.registries(backend, builder, cap.logger)
+    plugin_mod.load_libraries(cfg["plugins"], regs[0], lambda: cap.errors, locate)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, cap.logger)
+    try:
+        model = onnx.load(model_path, load_external_data=False)  # graph only: weights stay on disk
+    except Exception as exc:
+        raise BuildError(f"{model_path} is not a readable ONNX model: {exc}") from None
+    plugin_mod.check_plugins(model, parser, regs, backend)
+
+    log(f"parsing {os.path.basename(model_path)}")
+    cap.reset()
+    with _grab_stderr() as printed:
+        parsed = parser.parse_from_file(model_path)  # from the file: external data next to it works
+    if not parsed:
+        raise BuildError(_parser_failure(parser, model, model_path, cap, printed.get("text", "")))
+    notes = [ln for ln in printed.get("text", "").splitlines() if ln.strip()]
+    return network, parser, model, notes
+
+
+def _configure(backend, builder, cfg, inputs, model, locate, log):
+    trt = backend.trt
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg["workspace_bytes"]))
+    config.builder_optimization_level = int(cfg["optimization_level"])
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # memory figures, layer names
+    ccs = _set_compute_capabilities(backend, config, cfg["compute_capabilities"], locate, log)
+    _add_profiles(builder, config, inputs, cfg["profiles"], _dim_names(model), locate)
+    return config, ccs
 
 
 def _with_defaults(build_cfg):
@@ -231,13 +256,17 @@ def _dtype(dt):
     return {"float": "float32", "half": "float16", "bf16": "bfloat16"}.get(name, name)
 
 
-def _tensors(network, count, get):
+def _tensors(count, get):
     out = []
     for i in range(count):
         t = get(i)
         out.append({"name": t.name, "dtype": _dtype(t.dtype), "shape": [int(d) for d in t.shape],
                     "is_shape_tensor": bool(getattr(t, "is_shape_tensor", False))})
     return out
+
+
+def _public(tensors):
+    return [{k: t[k] for k in ("name", "dtype", "shape")} for t in tensors]
 
 
 def _dim_names(model):
@@ -264,35 +293,37 @@ def _add_profiles(builder, config, inputs, profiles, dim_names, locate):
     dynamic = [t for t in inputs if any(d < 0 for d in t["shape"]) or t["is_shape_tensor"]]
     listing = "; ".join(_fmt_input(t, dim_names) for t in inputs)
     if dynamic and not profiles:
-        raise BuildError(
-            "the network has dynamic inputs but build.profiles is empty; TensorRT needs an "
-            "optimization profile giving min/opt/max shapes for each: "
+        raise BuildConfigError(
+            f"{_where(locate, ('build', 'profiles'))}the network has dynamic inputs but build.profiles is empty; "
+            "TensorRT needs an optimization profile giving min/opt/max shapes for each: "
             + "; ".join(_fmt_input(t, dim_names) for t in dynamic),
             hint="add to the recipe (the 1/1/8 on dynamic axes are placeholders: use the shapes you will run):\n"
-                 + _example_yaml(dynamic))
+                 + textwrap.indent(_example_yaml(dynamic), "    "))
     for i, prof in enumerate(profiles):
         tprof = builder.create_optimization_profile()
         for name, dims in prof["inputs"].items():
             where = _where(locate, ("build", "profiles", i, "inputs", name))
             t = by_name.get(name)
             if t is None:
-                close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.5)
-                raise BuildError(f"{where}profile '{prof['name']}' names input '{name}', which the network "
-                                 f"does not have" + (f"; did you mean '{close[0]}'?" if close else "")
-                                 + f"\n  network inputs: {listing}")
+                # With a single input there is only one thing the user can have meant.
+                close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.5) or (
+                    list(by_name) if len(by_name) == 1 else [])
+                raise BuildConfigError(f"{where}profile '{prof['name']}' names input '{name}', which the "
+                                       f"network does not have" + (f"; did you mean '{close[0]}'?" if close else "")
+                                       + f"\n  network inputs: {listing}")
             _check_dims(prof["name"], t, dims, where, dim_names)
             if t["is_shape_tensor"]:
                 tprof.set_shape_input(name, dims["min"], dims["opt"], dims["max"])
             else:
                 tprof.set_shape(name, dims["min"], dims["opt"], dims["max"])
         missing = [t for t in dynamic if t["name"] not in prof["inputs"]]
+        where = _where(locate, ("build", "profiles", i))
         if missing:
-            raise BuildError(f"{_where(locate, ('build', 'profiles', i))}profile '{prof['name']}' gives no "
-                             f"shapes for dynamic input(s) "
-                             + "; ".join(_fmt_input(t, dim_names) for t in missing)
-                             + " (every profile must cover every dynamic input)")
+            raise BuildConfigError(f"{where}profile '{prof['name']}' gives no shapes for dynamic input(s) "
+                                   + "; ".join(_fmt_input(t, dim_names) for t in missing)
+                                   + " (every profile must cover every dynamic input)")
         if config.add_optimization_profile(tprof) < 0:
-            raise BuildError(f"{_where(locate, ('build', 'profiles', i))}TensorRT rejected profile '{prof['name']}'")
+            raise BuildConfigError(f"{where}TensorRT rejected profile '{prof['name']}'")
 
 
 def _check_dims(pname, t, dims, where, dim_names):
@@ -303,14 +334,14 @@ def _check_dims(pname, t, dims, where, dim_names):
     rank = len(t["shape"])
     for key, val in (("min", lo), ("opt", opt), ("max", hi)):
         if len(val) != rank:
-            raise BuildError(head + f"{key} {val} has rank {len(val)}, the input has rank {rank}")
+            raise BuildConfigError(head + f"{key} {val} has rank {len(val)}, the input has rank {rank}")
     for axis, d in enumerate(t["shape"]):
         if not lo[axis] <= opt[axis] <= hi[axis]:
-            raise BuildError(head + f"need min <= opt <= max on every axis; axis {axis} has "
-                             f"min={lo[axis]}, opt={opt[axis]}, max={hi[axis]}")
+            raise BuildConfigError(head + f"need min <= opt <= max on every axis; axis {axis} has "
+                                   f"min={lo[axis]}, opt={opt[axis]}, max={hi[axis]}")
         if d >= 0 and not lo[axis] == opt[axis] == hi[axis] == d:
-            raise BuildError(head + f"axis {axis} is static ({d}) but the profile gives "
-                             f"min={lo[axis]}, opt={opt[axis]}, max={hi[axis]}")
+            raise BuildConfigError(head + f"axis {axis} is static ({d}) but the profile gives "
+                                   f"min={lo[axis]}, opt={opt[axis]}, max={hi[axis]}")
 
 
 def _example_yaml(dynamic):
@@ -330,10 +361,9 @@ def _set_compute_capabilities(backend, config, ccs, locate, log):
     for i, cc in enumerate(ccs):
         member = getattr(trt.ComputeCapability, "SM" + str(cc).replace(".", ""), None)
         if member is None:
-            from .backend import rtx_supported_ccs
-            raise BuildError(f"{_where(locate, ('build', 'compute_capabilities', i))}compute capability "
-                             f"{cc!r} is not supported by {backend.label}; supported: "
-                             + ", ".join(rtx_supported_ccs(backend)))
+            raise BuildConfigError(f"{_where(locate, ('build', 'compute_capabilities', i))}compute capability "
+                                   f"{cc!r} is not supported by {backend.label}; supported: "
+                                   + ", ".join(rtx_supported_ccs(backend)))
         members.append(member)
     config.num_compute_capabilities = len(members)
     for i, member in enumerate(members):
@@ -358,7 +388,10 @@ def _load_timing_cache(backend, config, path, notes, log):
         with open(path, "rb") as fh:
             data = fh.read()
     with _quiet(backend):
-        cache = config.create_timing_cache(data)
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # some versions raise on a corrupt file instead of returning None
+            cache = None
         if cache is None and data:
             notes.append(f"timing cache {path} could not be read; starting a new one")
             cache = config.create_timing_cache(b"")
@@ -388,7 +421,31 @@ def _save_timing_cache(backend, config, path, locate, log):
 
 # --- failures --------------------------------------------------------------------------------
 
-def _parser_failure(parser, model, model_path, cap):
+@contextlib.contextmanager
+def _grab_stderr():
+    """The parser prints some details (e.g. "Unsupported ONNX data type: STRING (8)") straight to
+    the process's stderr instead of the logger: catch them so they reach the error message."""
+    out = {}
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved is None:
+        yield out
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out["text"] = tmp.read().decode(errors="replace")
+
+
+def _parser_failure(parser, model, model_path, cap, printed=""):
     nodes = list(model.graph.node)
     lines = [f"the ONNX parser rejected {model_path} ({parser.num_errors} error(s)):"]
     for i in range(parser.num_errors):
@@ -400,7 +457,12 @@ def _parser_failure(parser, model, model_path, cap):
         code = str(_call(err, "code", "")).split(".")[-1]
         where = f"node '{name or '?'}' ({op or '?'}, node index {idx})" if idx != -1 else "model"
         lines.append(f"  - {where}: {_clean_desc(_call(err, 'desc', ''))} [{code}]")
-    details = [_strip_src(e) for e in cap.error_list() if not re.search(r"--- (Begin|End) node|While parsing node", e)]
+    # The log adds detail (e.g. the offending data type) but also repeats the errors: keep the new lines.
+    said = "\n".join(lines)
+    details = [d for d in (_strip_src(e) for e in cap.error_list()
+                           if not re.search(r"--- (Begin|End) node|While parsing node", e))
+               if _clean_desc(d.split("] ", 1)[-1]) not in said]
+    details += [ln.strip() for ln in printed.splitlines() if ln.strip()]
     if details:
         lines.append("  parser log:")
         lines += [f"    {d}" for d in details[:10]]
@@ -418,7 +480,8 @@ def _call(obj, attr, default):
 def _clean_desc(desc):
     # Parser messages are C++ assertions: `cond && "human text"`; the quoted text is the message.
     m = re.search(r'&&\s*"(.+)"\s*$', desc or "")
-    return m.group(1) if m else (desc or "no description")
+    # Adjacent C++ literals ("a " "b") survive stringification; join them.
+    return re.sub(r'"\s+"', "", m.group(1)) if m else (desc or "no description")
 
 
 def _strip_src(msg):
@@ -431,7 +494,8 @@ def _build_failure(cap, network, model, backend, ccs):
     lines = [f"backend {backend.label} could not build the network"
              + (f" for compute capability {', '.join(ccs)}" if ccs else "") + ":"]
     for msg in errors[:10]:
-        named = [name for name in layers if re.search(rf"(?<![\w/.]){re.escape(name)}(?![\w/.])", msg)]
+        named = [name for name in layers
+                 if name in msg and re.search(rf"(?<![\w/.]){re.escape(name)}(?![\w/.])", msg)]
         for name in named[:3]:
             ltype, node, op = layers[name]
             lines.append(f"  - layer '{name}' ({ltype}) from ONNX node '{node}' ({op}):")
