@@ -36,7 +36,7 @@ output:
 
 CASES = {
     "yaml_syntax": (BASE + "passes:\n  - pass: cleanup\n   params: {}\n", errors.EXIT_RECIPE,
-                    ["r.yaml:8:", "YAML syntax error"]),
+                    ["r.yaml:9:4", "YAML syntax error", "indentation"]),
     "unknown_key": (BASE + "buld:\n  workspace: 1GiB\n", errors.EXIT_RECIPE,
                     ["r.yaml:7:1", "unknown key 'buld'", "did you mean 'build'"]),
     "wrong_type": (BASE + "build:\n  optimization_level: high\n", errors.EXIT_RECIPE,
