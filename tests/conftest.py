@@ -25,7 +25,7 @@ def make_conv_model(path, batch=1, dynamic_batch=False, extra_nodes=(), extra_ou
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 4, 8, 8]), *extra_outputs], [w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
     onnx.save(model, str(path))
     return path
 
