@@ -91,7 +91,7 @@ def test_corrupt_onnx(tmp_path, run_cli):
 def _single_node_model(path, node, inputs, outputs, domain_opsets=()):
     graph = helper.make_graph([node], "g", inputs, outputs)
     opsets = [helper.make_opsetid("", 17), *[helper.make_opsetid(d, v) for d, v in domain_opsets]]
-    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=10), str(path))
 
 
 def test_parser_rejects_op_names_node(tmp_path, run_cli):
@@ -122,7 +122,7 @@ def test_plugin_missing_names_plugin_and_backend(tmp_path, run_cli):
          helper.make_tensor_value_info("detection_boxes", f, [1, 10, 4]),
          helper.make_tensor_value_info("detection_scores", f, [1, 10]),
          helper.make_tensor_value_info("detection_classes", TensorProto.INT32, [1, 10])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     onnx.save(model, str(tmp_path / "tiny.onnx"))
     got, _, err = run_cli(recipe(tmp_path, BASE))
     assert got == errors.EXIT_BUILD
@@ -138,7 +138,7 @@ def test_nms_has_no_runner_on_rtx(tmp_path, run_cli):
               helper.make_tensor_value_info("scores", f, [1, 3, 20])],
         [helper.make_tensor_value_info("sel", i64, None)],
         [onnx.numpy_helper.from_array(np.array([5], np.int64), "k")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "tiny.onnx"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(tmp_path / "tiny.onnx"))
     got, _, err = run_cli(recipe(tmp_path, BASE))
     assert got == errors.EXIT_BUILD
     assert "NonMaxSuppression" in err and "the_nms" in err
