@@ -70,16 +70,18 @@ def to_markdown(rep):
 
 
 def summary_table(rep, published):
-    table = Table(title=f"{rep['recipe']['name']}: done", show_header=True, header_style="bold")
-    table.add_column("item")
-    table.add_column("value", overflow="fold")
-    for stage, secs in rep["timings_s"].items():
-        table.add_row(f"time: {stage}", f"{secs:.2f}s")
-    if rep["passes"]:
-        table.add_row("nodes", f"{rep['passes'][0]['nodes_before']} -> {rep['passes'][-1]['nodes_after']}")
-    table.add_row("validation", rep["validation"]["status"] + (f" ({rep['validation'].get('reason')})" if rep["validation"].get("reason") else ""))
-    for name, path in published.items():
-        art = rep["artifacts"].get(name)
-        if art:
-            table.add_row(name, f"{path}\n{art['size']} bytes, sha256 {art['sha256'][:16]}")
+    table = Table(title=f"{rep['recipe']['name']}: done", header_style="bold")
+    for col in ("stage", "seconds", "artifact", "bytes", "sha256"):
+        table.add_column(col, justify="right" if col in ("seconds", "bytes") else "left")
+    stages = list(rep["timings_s"].items())
+    arts = [(name, rep["artifacts"][name]) for name in published if name in rep["artifacts"]]
+    for i in range(max(len(stages), len(arts))):
+        stage, secs = stages[i] if i < len(stages) else ("", None)
+        name, art = arts[i] if i < len(arts) else ("", None)
+        table.add_row(stage, f"{secs:.2f}" if secs is not None else "", name,
+                      str(art["size"]) if art else "", art["sha256"][:16] if art else "")
+    val = rep["validation"]
+    nodes = f"nodes {rep['passes'][0]['nodes_before']} -> {rep['passes'][-1]['nodes_after']}; " if rep["passes"] else ""
+    table.caption = (f"{nodes}validation {val['status']}" + (f" ({val['reason']})" if val.get("reason") else "")
+                     + f"; output in {next(iter(published.values())).parent if published else '-'}")
     return table

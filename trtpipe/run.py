@@ -10,13 +10,16 @@ from pathlib import Path
 import onnx
 
 from . import report as report_mod
-from .backend import resolve_backend
+from .backend import has_runtime_gpu, resolve_backend
 from .build import build_plan
+from .checks import precheck_passes
+from .errors import PassError, ValidationError
 from .publish import Staging
 from .recipe import load_recipe
 from .registry import PassContext
 from .source import load_source
 from .transform import initial_input_contract, op_histogram, run_passes
+from .validate import print_table, validate_models
 
 
 class RunOptions:
@@ -42,6 +45,10 @@ def run_recipe(recipe_path, ui, options=None):
     ui.stage("recipe", str(recipe_path))
     recipe = load_recipe(recipe_path)
     backend = resolve_backend(recipe.data["build"]["backend"])
+    problems = precheck_passes(recipe, PassContext(name=recipe.name, backend=backend.name,
+                                                   backend_version=backend.version_tuple, recipe_dir=recipe.dir))
+    if problems:  # refuse before minutes of conversion, e.g. a plugin the backend lacks
+        raise PassError("\n".join(problems))
     timings["recipe"] = ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es), "
                                 f"backend {backend.name} {backend.version}")
 
@@ -62,9 +69,12 @@ def run_recipe(recipe_path, ui, options=None):
         final_path = staging.path(out["onnx"])
         _save_onnx(model, final_path)
 
-        validation = {"status": "skipped", "reason": "validation stage not available in this version"}
-        if not options.validate:
-            validation = {"status": "skipped", "reason": "--no-validate"}
+        # Validation runs before the build so a wrong graph fails fast; where a GPU can run the
+        # plan it runs after the build instead, to include the engine-vs-ORT comparison.
+        gpu_ok, _ = has_runtime_gpu(backend, recipe.data["build"]["compute_capabilities"])
+        validate = lambda plan=None: _validate(recipe, options, ui, source_path, final_path, ctx,  # noqa: E731
+                                               backend, plan, timings)
+        validation = None if gpu_ok else validate()
 
         ui.stage("build", f"{backend.name} {backend.version}")
         result = build_plan(str(final_path), recipe.data["build"], backend,
@@ -72,6 +82,8 @@ def run_recipe(recipe_path, ui, options=None):
         plan_path = staging.path(out["plan"])
         plan_path.write_bytes(result.plan)
         timings["build"] = ui.done(f"plan {len(result.plan) / 2**20:.2f} MiB")
+        if validation is None:
+            validation = validate(plan_path)
 
         artifacts = [source_path.name, out["onnx"], out["plan"]] + sorted(_stage_artifacts(ctx, staging))
         timings["total"] = time.perf_counter() - t0
@@ -83,6 +95,28 @@ def run_recipe(recipe_path, ui, options=None):
         published = staging.publish(artifacts + ["report.json", "report.md"])
     ui.table(report_mod.summary_table(rep, published))
     return rep
+
+
+def _validate(recipe, options, ui, source_path, final_path, ctx, backend, plan_path, timings):
+    if not options.validate:
+        ui.stage("validate")
+        timings["validate"] = ui.done("skipped (--no-validate)")
+        return {"status": "skipped", "reason": "--no-validate given", "comparisons": []}
+    ui.stage("validate", "Polygraphy: ONNX Runtime on source vs final" + (", engine vs ORT" if plan_path else ""))
+    try:
+        result = validate_models(
+            str(source_path), str(final_path), recipe.data.get("validate"), precision=recipe.data["precision"],
+            input_contract=ctx.input_contract, output_map=ctx.output_map, postprocess=ctx.postprocess,
+            plan_path=str(plan_path) if plan_path else None, backend=backend, locate=recipe.locate,
+            log=ui.detail, base_dir=recipe.dir, compute_capabilities=recipe.data["build"]["compute_capabilities"])
+    except ValidationError as err:
+        if getattr(err, "result", None):
+            print_table(err.result, ui.out)
+        raise
+    if not ui.quiet:
+        print_table(result, ui.out)
+    timings["validate"] = ui.done(result["status"])
+    return result
 
 
 def _source_label(src):

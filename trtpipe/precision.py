@@ -1,0 +1,564 @@
+"""Stage 4: realize the recipe's `precision` in the ONNX graph, before the build.
+
+TensorRT 11 and TensorRT-RTX are strongly typed: there are no FP16/INT8 builder flags and no
+calibrators, every layer runs in the types the ONNX graph gives it. So precision is a graph
+rewrite, done here and recorded in the report:
+
+* `fp16` / `bf16`: mixed precision. Float tensors on the data path (computed from the model
+  inputs) become fp16/bf16 and their weights are converted; Casts are inserted where that meets
+  what stays fp32: numerically sensitive op types (`keep_op_types`), nodes named in `keep_nodes`,
+  nodes whose activations leave the fp16 range on the validation data (the overflow guard), ops
+  whose ONNX schema has no such variant, control flow, and shape arithmetic (Shape -> Cast ->
+  Mul -> Cast chains keep exact integers). Which inputs may change type comes from the ONNX op
+  schemas' type constraints, not from a hand-kept table (Resize's `scales` stay float32, ...).
+* `int8` / `fp8`: explicit quantization with Q/DQ nodes, see trtpipe/quantize.py.
+
+`apply_precision` is the stage's entry point; `precision_counts` describes any model's types.
+"""
+
+import collections
+import copy
+import fnmatch
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import PassError, RecipeError
+from .schema_check import fill_defaults, key_path, load_schema, schema_errors, suggest
+
+MODES = ("fp32", "fp16", "bf16", "int8", "fp8")
+LOW = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+SHORT = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16",
+         TensorProto.DOUBLE: "fp64", TensorProto.INT8: "int8", TensorProto.UINT8: "uint8",
+         TensorProto.FLOAT8E4M3FN: "fp8", TensorProto.INT32: "int32", TensorProto.INT64: "int64",
+         TensorProto.BOOL: "bool"}
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+FLOAT_KEYS = ("keep_io_types", "keep_op_types", "keep_nodes", "overflow_guard", "overflow_threshold")
+QUANT_KEYS = ("calibration", "method", "percentile", "per_channel", "exclude_op_types",
+              "exclude_nodes", "keep_output_layers")
+FP16_MAX = 65504.0
+BF16_OPSET = 22       # Conv, pooling, ... have bf16 variants only from ai.onnx opset 22
+GUARD_SAMPLES = 8     # the overflow guard looks at this many feeds at most
+# Shape/Size read only metadata: what they compute from is not data (keeps shape arithmetic exact).
+_METADATA_OPS = {"Shape", "Size"}
+_ATTR_TYPED = {"ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+               "Multinomial", "RandomNormal", "RandomUniform"}
+
+
+def precision_schema():
+    """The recipe schema's `precision` property (plain-name or object form)."""
+    return load_schema("recipe.schema.json")["properties"]["precision"]
+
+
+def normalize(precision_cfg, locate=None):
+    """Recipe value (name or mapping) -> full mapping with defaults, only the mode's keys.
+    RecipeError when it does not fit the schema or sets keys the mode does not use."""
+    where = _where(locate, ("precision",))
+    raw = "fp32" if precision_cfg is None else precision_cfg
+    schema = precision_schema()
+    errors = list(schema_errors(raw, schema, ("precision",)))
+    if errors:
+        raise RecipeError(where + "; ".join(f"{key_path(p)}: {m}" for p, m in errors))
+    raw = {"mode": raw} if isinstance(raw, str) else dict(raw)
+    mode = raw["mode"]
+    foreign = [k for k in raw if k in (QUANT_KEYS if mode in LOW else FLOAT_KEYS if mode != "fp32" else
+                                       FLOAT_KEYS + QUANT_KEYS)]
+    if foreign:
+        users = "int8 and fp8" if foreign[0] in QUANT_KEYS else "fp16 and bf16"
+        raise RecipeError(f"{_where(locate, ('precision', foreign[0]))}precision.{foreign[0]} applies to "
+                          f"{users}, not to mode {mode}")
+    cfg = fill_defaults(raw, schema["else"])
+    used = {"fp32": (), "fp16": FLOAT_KEYS, "bf16": FLOAT_KEYS}.get(mode, QUANT_KEYS)
+    return {k: v for k, v in cfg.items() if k == "mode" or k in used}
+
+
+def check_targets(mode, compute_capabilities, locate=None):
+    """Refuse precisions the build targets cannot run (RecipeError naming the recipe line)."""
+    ccs = [str(c) for c in compute_capabilities or []]
+    need = {"fp8": (8, 9), "bf16": (8, 0)}.get(mode)
+    low = [c for c in ccs if need and _cc(c) < need]
+    if low:
+        what = {"fp8": "FP8 tensor cores (Ada 8.9, Blackwell 12.x)", "bf16": "BF16 (Ampere 8.0 or newer)"}[mode]
+        raise RecipeError(
+            f"{_where(locate, ('precision',))}precision {mode} needs {what}, but build.compute_capabilities "
+            f"includes {', '.join(low)}", hint=f"drop {', '.join(low)} from build.compute_capabilities or use "
+            + ("int8 or fp16" if mode == "fp8" else "fp16") + " for those targets")
+
+
+def apply_precision(model, precision_cfg, *, compute_capabilities, data_feeds, locate=None, log=None,
+                    recipe_dir=None, make_feeds=None):
+    """Rewrite `model` (not modified) to the recipe's precision -> (new model, stats).
+
+    `data_feeds` (the validation data: dicts input name -> array) drive the fp16 overflow guard
+    and, when the recipe declares no `calibration`, int8/fp8 calibration. `make_feeds(cal_cfg)`
+    turns a declared `precision.calibration` (validate.data's form, for the source model) into
+    final-model feeds; without it the data is made for the final model's inputs directly, paths
+    relative to `recipe_dir`. stats: mode, node/initializer counts per type, Q/DQ pairs, what
+    was kept in fp32 and why, notes."""
+    log = log or (lambda msg: None)
+    cfg = normalize(precision_cfg, locate)
+    mode = cfg["mode"]
+    check_targets(mode, compute_capabilities, locate)
+    stats = {"mode": mode, "config": cfg, "before": precision_counts(model)}
+    if mode == "fp32":
+        out, notes = model, []
+    elif mode in LOW:
+        out, part = convert_float(model, cfg, data_feeds, locate=locate, log=log)
+        stats.update(part)
+    else:
+        from .quantize import quantize
+        out, part = quantize(model, cfg, data_feeds, locate=locate, log=log, recipe_dir=recipe_dir,
+                             make_feeds=make_feeds)
+        stats.update(part)
+    stats.update(precision_counts(out))
+    _check(out, mode)
+    return out, stats
+
+
+# ----------------------------------------------------------------------------- fp16 / bf16
+
+def convert_float(model, cfg, data_feeds=None, *, locate=None, log=None):
+    """Mixed-precision rewrite (fp16 or bf16) -> (model, stats part)."""
+    log = log or (lambda msg: None)
+    mode, lp = cfg["mode"], LOW[cfg["mode"]]
+    notes = []
+    model = copy.deepcopy(model)
+    opset = opset_of(model)
+    if mode == "bf16" and opset < BF16_OPSET:
+        model = convert_opset(model, BF16_OPSET)
+        notes.append(f"opset {opset} -> {BF16_OPSET}: ONNX defines bf16 Conv/pooling from opset {BF16_OPSET}")
+        opset = BF16_OPSET
+    g = model.graph
+    types = infer_types(model)
+    inits = {t.name: t for t in g.initializer}
+    names = [n.name for n in g.node]
+    keep_ops = _check_op_types(cfg["keep_op_types"], locate, ("precision", "keep_op_types"))
+    keep_nodes = match_nodes(cfg["keep_nodes"], names, locate, ("precision", "keep_nodes"))
+    data = data_path(g)
+    pinned = subgraph_reads(g)
+    guard, maxabs = {"enabled": False}, {}
+    if mode == "fp16" and cfg["overflow_guard"]:
+        feeds = (data_feeds or [])[:GUARD_SAMPLES]
+        if feeds:
+            watch = [t for t in data if types.get(t) == TensorProto.FLOAT]
+            maxabs = activation_ranges(model, watch, feeds)
+            guard = {"enabled": True, "samples": len(feeds), "threshold": cfg["overflow_threshold"],
+                     "max_abs": max(maxabs.values(), default=0.0)}
+        else:
+            guard = {"enabled": False, "reason": "no validation data to measure activations on"}
+            notes.append("overflow guard skipped: no validation data")
+    elif mode == "bf16":
+        guard = {"enabled": False, "reason": "bf16 has the fp32 exponent range"}
+
+    plan, kept = {}, {}
+    for idx, node in enumerate(g.node):
+        f32_in = [i for i, t in enumerate(node.input) if t and types.get(t) == TensorProto.FLOAT]
+        f32_out = [i for i, t in enumerate(node.output) if t and types.get(t) == TensorProto.FLOAT]
+        if not (f32_in or f32_out) or not any(t in data for t in node.input):
+            continue  # no float work on the data path (shape arithmetic, constants)
+        why = _keep_reason(node, keep_ops, keep_nodes, pinned, cfg)
+        positions = None
+        if why is None:
+            positions, why = lp_positions(node, opset, lp, f32_in, f32_out)
+        if why is None:
+            why = _range_reason(node, maxabs, inits, cfg, mode, positions)
+        if why:
+            kept[node.name or f"#{idx} {node.op_type}"] = why
+        else:
+            plan[idx] = (positions, f32_out)
+    casts = _rewrite(model, plan, types, data, pinned, lp, mode, cfg["keep_io_types"])
+    if model.ir_version < (min_ir := helper.find_min_ir_version_for(list(model.opset_import), True)):
+        model.ir_version = min_ir
+    reasons = collections.Counter(r.split(":")[0] for r in kept.values())
+    log(f"{mode}: {len(plan)} node(s) converted, {len(kept)} kept in fp32, {casts} cast(s) added")
+    return model, {"tool": f"trtpipe mixed precision (onnx {onnx.__version__} type constraints)",
+                   "converted_nodes": len(plan), "kept_fp32": kept, "kept_reasons": dict(reasons),
+                   "casts_added": casts, "overflow_guard": guard, "opset": opset, "notes": notes}
+
+
+def _keep_reason(node, keep_ops, keep_nodes, pinned, cfg):
+    if node.op_type in keep_ops:
+        return "keep_op_types"
+    if node.name in keep_nodes:
+        return "keep_nodes"
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return "control flow: its subgraph stays fp32"
+    if any(t in pinned for t in node.output):
+        return "control flow: a subgraph reads its output"
+    if node.op_type in _ATTR_TYPED:
+        return "output type set by an attribute"
+    return None
+
+
+def lp_positions(node, opset, lp, f32_in, f32_out):
+    """(input positions to convert, None) or (None, reason to keep fp32), from the op schema's
+    type constraints: a float input bound to a fixed `tensor(float)` keeps its type."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return None, f"no ONNX schema for {node.domain or 'ai.onnx'}::{node.op_type} (custom op)"
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    target = f"tensor({helper.tensor_dtype_to_string(lp).split('.')[-1].lower()})"
+
+    def formal(params, i):
+        if i < len(params):
+            return params[i].type_str
+        variadic = params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
+        return params[-1].type_str if variadic else None
+
+    out_types = set()
+    for i in f32_out:
+        ts = formal(schema.outputs, i)
+        if ts not in allowed or target not in allowed[ts]:
+            return None, f"ONNX {node.op_type} (opset {opset}) has no {SHORT[lp]} variant"
+        out_types.add(ts)
+    positions = []
+    for i in f32_in:
+        ts = formal(schema.inputs, i)
+        if ts in allowed and target in allowed[ts]:
+            positions.append(i)
+        elif ts in out_types:  # e.g. an fp32 input that must match a converted output's type
+            return None, f"ONNX {node.op_type} (opset {opset}) has no {SHORT[lp]} variant"
+        # else a separately typed input (Resize roi/scales): it keeps fp32
+    return positions, None
+
+
+def _range_reason(node, maxabs, inits, cfg, mode, positions):
+    if mode != "fp16":
+        return None
+    for i in positions or ():
+        init = inits.get(node.input[i])
+        if init is not None and init.data_type == TensorProto.FLOAT:
+            big = float(np.max(np.abs(numpy_helper.to_array(init)), initial=0.0))
+            if big > FP16_MAX:
+                return f"weights: |w| reaches {big:.3g} (tensor '{init.name}'), beyond fp16's {FP16_MAX:g}"
+    limit = cfg["overflow_threshold"]
+    for t in list(node.input) + list(node.output):
+        if maxabs.get(t, 0.0) > limit:
+            return (f"overflow guard: |x| reaches {maxabs[t]:.3g} on tensor '{t}' "
+                    f"(threshold {limit:g}, fp16 max {FP16_MAX:g})")
+    return None
+
+
+def _rewrite(model, plan, types, data, pinned, lp, mode, keep_io):
+    """Apply the plan in one pass over the (topologically ordered) nodes; Casts are created
+    just before their first consumer. Returns how many Casts were added."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    used = {t for n in g.node for t in list(n.input) + list(n.output)} | set(inits)
+    used |= {v.name for v in list(g.input) + list(g.output)}
+    outputs = {o.name for o in g.output}
+    lowered, to_low, to_f32, renamed = set(), {}, {}, {}
+    nodes, added = [], [0]
+
+    def fresh(base):
+        name, k = base, 1
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        return name
+
+    def cast(src, dst_base, to):
+        dst = fresh(dst_base)
+        nodes.append(helper.make_node("Cast", [src], [dst], to=to, name=fresh(f"precision/{dst}")))
+        added[0] += 1
+        return dst
+
+    def low(t):
+        if t in lowered:
+            return renamed.get(t, t)
+        if t not in to_low:
+            init = inits.get(t)
+            if init is not None:  # weights: convert once (round to nearest even)
+                arr = numpy_helper.to_array(init).astype(_np_low(lp))
+                new = numpy_helper.from_array(arr, fresh(f"{t}_{mode}"))
+                g.initializer.append(new)
+                to_low[t] = new.name
+            else:
+                to_low[t] = cast(t, f"{t}_{mode}", lp)
+        return to_low[t]
+
+    def f32(t):
+        if t not in lowered or t in renamed:
+            return t  # a renamed graph output already has its fp32 Cast under the original name
+        if t not in to_f32:
+            to_f32[t] = cast(t, f"{t}_fp32", TensorProto.FLOAT)
+        return to_f32[t]
+
+    if not keep_io:  # the graph's float inputs themselves become low precision
+        for v in g.input:
+            if v.name in data and v.name not in pinned and v.type.tensor_type.elem_type == TensorProto.FLOAT:
+                v.type.tensor_type.elem_type = lp
+                lowered.add(v.name)
+    for idx, node in enumerate(list(g.node)):
+        if idx in plan:
+            positions, outs = plan[idx]
+            for i, t in enumerate(node.input):
+                if t:
+                    node.input[i] = low(t) if i in positions else f32(t)
+            for a in node.attribute:
+                if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                    a.i = lp
+            nodes.append(node)
+            for i in outs:
+                t = node.output[i]
+                lowered.add(t)
+                if keep_io and t in outputs:  # the graph output keeps its name and fp32 type
+                    renamed[t] = node.output[i] = fresh(f"{t}_{mode}")
+                    nodes.append(helper.make_node("Cast", [renamed[t]], [t], to=TensorProto.FLOAT,
+                                                  name=fresh(f"precision/{t}")))
+                    added[0] += 1
+        else:
+            for i, t in enumerate(node.input):
+                if t in lowered:
+                    node.input[i] = f32(t)
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    if not keep_io:
+        for v in g.output:
+            if v.name in lowered:
+                v.type.tensor_type.elem_type = lp
+    needed = {t for n in g.node for t in n.input} | outputs
+    keep = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    inputs = [v for v in g.input if v.name not in inits or v.name in needed]  # IR<4 lists weights as inputs
+    del g.input[:]
+    g.input.extend(inputs)
+    del g.value_info[:]  # stale types; shape inference recomputes them
+    return added[0]
+
+
+def _np_low(lp):
+    import ml_dtypes  # onnx's own dependency; numpy has no bfloat16
+    return np.float16 if lp == TensorProto.FLOAT16 else ml_dtypes.bfloat16
+
+
+def emulate_in_fp32(model):
+    """An fp32 twin of an fp16/bf16 graph that ONNX Runtime's CPU kernels can run (it has no bf16
+    Conv): every low-precision tensor is computed in fp32 and rounded to its type through a
+    Cast pair, weights hold their rounded values. For validating bf16 where no GPU is around."""
+    m = copy.deepcopy(model)
+    g = m.graph
+    lows = set(LOW.values())
+    for i, t in enumerate(g.initializer):
+        if t.data_type in lows:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(t).astype(np.float32), t.name))
+    types = infer_types(model)
+    nodes, k = [], 0
+
+    def round_trip(src, dst, lp):
+        nonlocal k
+        k += 1
+        mid = f"{dst}__emulated_{k}"
+        nodes.append(helper.make_node("Cast", [src], [mid], to=lp, name=f"emulate/{mid}"))
+        nodes.append(helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"emulate/{dst}"))
+
+    for v in g.input:
+        lp = v.type.tensor_type.elem_type
+        if lp in lows:  # a low-precision graph input: feed fp32, rounded on the way in
+            v.type.tensor_type.elem_type = TensorProto.FLOAT
+            for n in g.node:
+                n.input[:] = [f"{v.name}__fp32in" if t == v.name else t for t in n.input]
+            round_trip(v.name, f"{v.name}__fp32in", lp)
+    for n in g.node:
+        outs = [(i, types.get(t)) for i, t in enumerate(n.output) if types.get(t) in lows]
+        for i, lp in outs:
+            n.output[i] = f"{n.output[i]}__{SHORT[lp]}"
+        if n.op_type == "Cast":
+            n.attribute[0].i = TensorProto.FLOAT if n.attribute[0].i in lows else n.attribute[0].i
+        nodes.append(n)
+        for i, lp in outs:
+            round_trip(n.output[i], n.output[i].rsplit("__", 1)[0], lp)
+    del g.node[:]
+    g.node.extend(nodes)
+    for v in g.output:
+        if v.type.tensor_type.elem_type in lows:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT
+    del g.value_info[:]
+    return m
+
+
+# ----------------------------------------------------------------------------- graph facts
+
+def opset_of(model):
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def convert_opset(model, target):
+    from onnx import version_converter
+    try:
+        out = version_converter.convert_version(model, target)
+    except Exception as err:
+        raise PassError(f"precision: cannot convert the model from opset {opset_of(model)} to {target}: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+    out.ir_version = max(out.ir_version, helper.find_min_ir_version_for(list(out.opset_import), True))
+    return out
+
+
+def tensor_types(model):
+    """Tensor name -> elem_type, from inputs, outputs, value_info, initializers, Constants."""
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.output) + list(g.value_info)
+             if v.type.HasField("tensor_type")}
+    types.update({t.name: t.data_type for t in g.initializer})
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    types[n.output[0]] = a.t.data_type
+    return {k: v for k, v in types.items() if v}
+
+
+def data_path(graph):
+    """Tensors computed from the graph inputs' values (not only from their shapes)."""
+    inits = {t.name for t in graph.initializer}
+    data = {v.name for v in graph.input if v.name not in inits}
+    for node in graph.node:
+        if node.op_type not in _METADATA_OPS and any(t in data for t in node.input):
+            data.update(t for t in node.output if t)
+    return data
+
+
+def subgraph_reads(graph):
+    """Names read inside Loop/If/Scan bodies (outer-scope tensors must keep their type)."""
+    names = set()
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= {t for n in sub.node for t in n.input} | subgraph_reads(sub)
+    return names
+
+
+def activation_ranges(model, names, feeds):
+    """max |x| per tensor over `feeds`, running the fp32 model with ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+    g = model.graph
+    have, count = {o.name for o in g.output}, len(g.output)
+    g.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    try:  # extra outputs only while serializing: no copy of the weights
+        blob = model.SerializeToString()
+    finally:
+        del g.output[count:]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+        out_names = [o.name for o in sess.get_outputs()]
+        inputs = [i.name for i in sess.get_inputs()]
+        maxabs = {}
+        for feed in feeds:
+            values = sess.run(out_names, {k: feed[k] for k in inputs if k in feed})
+            for name, val in zip(out_names, values):
+                if name in names and np.issubdtype(val.dtype, np.floating) and val.size:
+                    maxabs[name] = max(maxabs.get(name, 0.0), float(np.max(np.abs(val))))
+    except Exception as err:
+        raise PassError(f"precision: overflow guard: ONNX Runtime could not run the fp32 model on the "
+                        f"validation data: {str(err).strip().splitlines()[0]}") from None
+    return maxabs
+
+
+def skeleton(model, limit=4096):
+    """A copy without the large weights (they become typed graph inputs): shape inference and
+    the checker's type rules need their types and shapes, not their bytes."""
+    m = onnx.ModelProto()
+    m.ir_version, m.producer_name = max(model.ir_version, 4), model.producer_name
+    m.opset_import.extend(model.opset_import)
+    g, src = m.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    big = [t for t in src.initializer if np.prod(t.dims, dtype=np.int64) > limit]
+    bigs = {t.name for t in big}
+    g.initializer.extend(t for t in src.initializer if t.name not in bigs)
+    g.input.extend(v for v in src.input if v.name not in bigs)
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    return m
+
+
+def infer_types(model, strict=False):
+    """Shape inference on the skeleton -> tensor name -> elem_type."""
+    typed = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=strict, data_prop=True)
+    return tensor_types(typed)
+
+
+def precision_counts(model):
+    """Nodes per compute type, initializers per type, Q/DQ pairs and Casts of a model."""
+    try:
+        types = infer_types(model)
+    except Exception:  # counting must not fail where inference does; untyped tensors count as other
+        types = tensor_types(model)
+    nodes, inits, casts = collections.Counter(), collections.Counter(), collections.Counter()
+    consumers = collections.defaultdict(list)
+    g = model.graph
+    for n in g.node:
+        for t in n.input:
+            consumers[t].append(n.op_type)
+    for n in g.node:
+        if n.op_type == "QuantizeLinear":
+            key = SHORT.get(types.get(n.output[0]), "other")
+        elif n.op_type == "DequantizeLinear":
+            key = SHORT.get(types.get(n.input[0]), "other")
+        else:
+            floats = [types[t] for t in n.output if types.get(t) in FLOAT_TYPES]
+            key = SHORT[floats[0]] if floats else "other"
+        nodes[key] += 1
+        if n.op_type == "Cast":
+            casts[f"{SHORT.get(types.get(n.input[0]), '?')}->{SHORT.get(types.get(n.output[0]), '?')}"] += 1
+        if n.op_type == "Constant":
+            inits.update(SHORT.get(a.t.data_type, str(a.t.data_type)) for a in n.attribute if a.name == "value")
+    inits.update(SHORT.get(t.data_type, helper.tensor_dtype_to_string(t.data_type)) for t in g.initializer)
+    init_names = {t.name for t in g.initializer}
+    return {"nodes": dict(sorted(nodes.items())), "initializers": dict(sorted(inits.items())),
+            "qdq_pairs": sum(1 for n in g.node if n.op_type == "QuantizeLinear"
+                             and "DequantizeLinear" in consumers[n.output[0]]),
+            "weight_dq": sum(1 for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in init_names),
+            "casts": dict(sorted(casts.items()))}
+
+
+# ----------------------------------------------------------------------------- recipe helpers
+
+def match_nodes(patterns, names, locate, path):
+    """Node names or fnmatch globs ('*/box_net/*') -> matching names; a pattern that matches
+    nothing is a RecipeError with the closest name."""
+    found = set()
+    for i, pat in enumerate(patterns):
+        hit = {n for n in names if n == pat or fnmatch.fnmatchcase(n, pat)}
+        if not hit:
+            raise RecipeError(f"{_where(locate, path + (i,))}{key_path(path + (i,))}: no node named or "
+                              f"matching '{pat}'{suggest(pat, names)}; the graph has {len(names)} nodes "
+                              f"(names are listed in the pipeline's final .onnx)")
+        found |= hit
+    return found
+
+
+def _check_op_types(op_types, locate, path):
+    known = {s.name for s in onnx.defs.get_all_schemas_with_history()}
+    for i, op in enumerate(op_types):
+        if op not in known:
+            raise RecipeError(f"{_where(locate, path + (i,))}{key_path(path + (i,))}: '{op}' is not an ONNX "
+                              f"op type{suggest(op, sorted(known))}")
+    return set(op_types)
+
+
+def _check(model, mode):
+    """The rewritten graph must still be valid ONNX (a failure here is a trt-pipeline bug)."""
+    try:
+        onnx.checker.check_model(skeleton(model))
+        onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise PassError(f"precision {mode} produced an invalid ONNX graph: {str(err).strip().splitlines()[0]}")
+
+
+def _where(locate, path):
+    return f"{locate(path)}: " if locate else ""
+
+
+def _cc(text):
+    major, _, minor = str(text).partition(".")
+    return int(major), int(minor or 0)

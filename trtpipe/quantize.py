@@ -1,0 +1,246 @@
+"""int8 / fp8 for the precision stage: explicit quantization with Q/DQ nodes.
+
+TensorRT 11 and TensorRT-RTX have no calibrators: an int8 engine comes from an ONNX graph that
+already carries QuantizeLinear/DequantizeLinear pairs with their scales. ONNX Runtime's
+`quantize_static` (QDQ format) makes them from calibration data, configured for what TensorRT can
+fuse (the TensorRT-RTX parser and builder reject anything else):
+
+* symmetric activations and weights (the parser refuses non-zero zero points);
+* only Conv, ConvTranspose, Gemm and MatMul are quantized, on their inputs only (a quantized
+  constant anywhere but before a DequantizeLinear fails the build), biases stay float;
+* the last Conv/Gemm/MatMul before each output (classifier, box/class predictors) and everything
+  after it (decoding, NMS) stays float unless the recipe says otherwise.
+"""
+
+import collections
+import contextlib
+import copy
+import logging
+import os
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from .errors import PassError, RecipeError, ValidationError
+from .precision import _where, convert_opset, match_nodes, opset_of
+
+QUANT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel axis (13); float8 Q/DQ (19)
+
+
+def quantize(model, cfg, data_feeds=None, *, locate=None, log=None, recipe_dir=None, make_feeds=None):
+    """Q/DQ-quantize `model` per the normalized precision config -> (model, stats part)."""
+    from onnxruntime import quantization as oq
+    log = log or (lambda msg: None)
+    mode, notes = cfg["mode"], []
+    method = cfg.get("method") or ("distribution" if mode == "fp8" else "minmax")
+    if mode == "fp8" and method != "distribution":
+        raise RecipeError(f"{_where(locate, ('precision', 'method'))}precision.method: fp8 calibration supports "
+                          f"only 'distribution' (ONNX Runtime), got '{method}'")
+    opset = opset_of(model)
+    if opset < MIN_OPSET[mode]:
+        model = convert_opset(model, MIN_OPSET[mode])
+        notes.append(f"opset {opset} -> {MIN_OPSET[mode]} for {mode} Q/DQ")
+    names = [n.name for n in model.graph.node]
+    if len(set(names)) != len(names) or "" in names:  # ORT selects and excludes nodes by name
+        model = copy.deepcopy(model)
+        _name_nodes(model.graph)
+        names = [n.name for n in model.graph.node]
+    op_types = [t for t in QUANT_OPS if t not in cfg["exclude_op_types"]]
+    excluded = {n: "exclude_nodes" for n in match_nodes(cfg["exclude_nodes"], names, locate,
+                                                        ("precision", "exclude_nodes"))}
+    if cfg["keep_output_layers"]:
+        for name in output_layers(model.graph, op_types):
+            excluded.setdefault(name, "keep_output_layers: last layer before an output")
+    targets = [n for n in model.graph.node if n.op_type in op_types and n.name not in excluded]
+    if not targets:
+        raise RecipeError(f"{_where(locate, ('precision',))}precision {mode}: nothing left to quantize: the "
+                          f"graph has {sum(n.op_type in QUANT_OPS for n in model.graph.node)} "
+                          f"Conv/ConvTranspose/Gemm/MatMul node(s) and all are excluded")
+    feeds, calib = calibration_feeds(model, cfg, data_feeds, locate=locate, recipe_dir=recipe_dir,
+                                     make_feeds=make_feeds)
+    if calib["source"] == "random":
+        notes.append("calibrated on seeded random data: scales will not fit real inputs; "
+                     "declare precision.calibration (images or .npz)")
+    qtype = oq.QuantType.QFLOAT8E4M3FN if mode == "fp8" else oq.QuantType.QInt8
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+             "OpTypesToExcludeOutputQuantization": op_types, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+             "CalibPercentile": cfg["percentile"], "DedicatedQDQPair": False}
+    methods = {"minmax": oq.CalibrationMethod.MinMax, "entropy": oq.CalibrationMethod.Entropy,
+               "percentile": oq.CalibrationMethod.Percentile, "distribution": oq.CalibrationMethod.Distribution}
+    log(f"{mode}: calibrating {len(targets)} layer(s) on {len(feeds)} batch(es) of {calib['source']} "
+        f"({method})")
+    large = model.ByteSize() >= 2**31 - 1
+    with tempfile.TemporaryDirectory(prefix="trtpipe-quant-") as tmp, _quiet_ort():
+        out_path = os.path.join(tmp, "quantized.onnx")
+        try:
+            oq.quantize_static(model, out_path, _Reader(feeds), quant_format=oq.QuantFormat.QDQ,
+                               op_types_to_quantize=op_types, per_channel=cfg["per_channel"], reduce_range=False,
+                               activation_type=qtype, weight_type=qtype, nodes_to_exclude=sorted(excluded),
+                               calibrate_method=methods[method], use_external_data_format=large,
+                               extra_options=extra)
+        except Exception as err:
+            raise PassError(f"precision {mode}: ONNX Runtime quantization failed: {type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
+        out = onnx.load(out_path)
+    _strip_metadata(out)
+    check_trt_rules(out, mode)
+    producer = {t: n.op_type for n in out.graph.node for t in n.output}
+    quantized = sorted({n.name for n in out.graph.node if n.op_type in op_types
+                        and any(producer.get(t) == "DequantizeLinear" for t in n.input[:2])})
+    log(f"{mode}: {len(quantized)} layer(s) quantized, {len(excluded)} excluded")
+    return out, {"tool": f"onnxruntime.quantization {_ort_version()} (QDQ, symmetric)", "method": method,
+                 "per_channel": cfg["per_channel"], "calibration": calib, "quantized_nodes": len(quantized),
+                 "excluded": excluded, "notes": notes}
+
+
+def output_layers(graph, op_types):
+    """Names of quantizable nodes from which no other quantizable node is reachable: the layers
+    that predict the outputs (classifier, detection box/class predictors)."""
+    consumers = collections.defaultdict(list)
+    for node in graph.node:
+        for t in node.input:
+            consumers[t].append(node)
+    reaches = {}  # node name -> a quantizable node is downstream
+
+    def downstream(node):
+        if node.name not in reaches:
+            reaches[node.name] = False  # cycles cannot happen in ONNX; this guards re-entry
+            reaches[node.name] = any(c.op_type in op_types or downstream(c)
+                                     for t in node.output for c in consumers[t])
+        return reaches[node.name]
+
+    import sys
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * len(graph.node) + 100))
+    try:  # walk from the outputs backwards would need the same memo; recursion is simplest
+        for node in reversed(graph.node):
+            downstream(node)
+    finally:
+        sys.setrecursionlimit(limit)
+    return [n.name for n in graph.node if n.op_type in op_types and not reaches[n.name]]
+
+
+def calibration_feeds(model, cfg, data_feeds, *, locate=None, recipe_dir=None, make_feeds=None):
+    """Feeds for the final model: the recipe's `calibration` data (through `make_feeds`, which
+    the run wires to validation's data loader + input contract, else generated for the final
+    model's own inputs), else the validation feeds, else seeded random data."""
+    cal = cfg.get("calibration")
+    if cal is None and data_feeds:
+        return list(data_feeds), {"source": "validation data", "batches": len(data_feeds)}
+    declared = cal is not None
+    cal = cal or {"seed": 1, "iterations": 16}
+    kind = "npz" if cal.get("npz") else "images" if cal.get("images") else "random"
+    try:
+        if make_feeds is not None and declared:
+            feeds = list(make_feeds(cal))
+        else:
+            from .validate_data import make_source_feeds
+            feeds, _ = make_source_feeds(cal, _final_inputs(model), {}, base_dir=recipe_dir)
+    except ValidationError as err:  # the data loader speaks of validate.data; this is calibration
+        raise RecipeError(f"{_where(locate, ('precision', 'calibration'))}precision.calibration: "
+                          f"{err.message.replace('validate.data.', 'calibration.')}") from None
+    if not feeds:
+        raise RecipeError(f"{_where(locate, ('precision', 'calibration'))}precision.calibration gave no data")
+    info = {"source": kind, "batches": len(feeds)}
+    if kind == "random":
+        info["seed"] = cal.get("seed", 1)
+    for key in ("npz",):
+        if cal.get(key):
+            info[key] = cal[key]
+    if cal.get("images"):
+        info["images"] = cal["images"].get("dir")
+    return feeds, info
+
+
+def check_trt_rules(model, mode):
+    """What TensorRT requires of Q/DQ graphs; a violation here is a trt-pipeline bug, named."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    qtypes = (TensorProto.INT8, TensorProto.FLOAT8E4M3FN)
+    consumers = collections.defaultdict(list)
+    for n in g.node:
+        for t in n.input:
+            consumers[t].append(n.op_type)
+    for name, t in inits.items():
+        if t.data_type in qtypes and t.dims and any(c != "DequantizeLinear" for c in consumers[name]):
+            raise PassError(f"precision {mode}: quantized constant '{name}' feeds "
+                            f"{sorted(set(consumers[name]))}; TensorRT allows it only before DequantizeLinear")
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale = inits.get(n.input[1])
+        if scale is not None:
+            s = numpy_helper.to_array(scale).astype(np.float64)
+            if not np.all(np.isfinite(s)) or np.any(s <= 0):
+                raise PassError(f"precision {mode}: {n.op_type} '{n.name}' has scale {s.min():g}..{s.max():g}; "
+                                "TensorRT needs positive finite scales (did a calibration tensor never change?)")
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is not None and np.any(numpy_helper.to_array(zp).astype(np.float32) != 0):
+            raise PassError(f"precision {mode}: {n.op_type} '{n.name}' has a non-zero zero point; TensorRT "
+                            "supports symmetric quantization only")
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds):
+        self.feeds, self.i = feeds, 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return dict(self.feeds[self.i - 1])
+
+    def __len__(self):
+        return len(self.feeds)
+
+    def set_range(self, start_index, end_index):
+        self.i = start_index
+
+
+def _final_inputs(model):
+    inits = {t.name for t in model.graph.initializer}
+    out = collections.OrderedDict()
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        out[v.name] = (np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
+    return out
+
+
+def _name_nodes(graph):
+    seen = set()
+    for i, n in enumerate(graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.name or n.op_type}_{i}"
+        seen.add(n.name)
+
+
+def _strip_metadata(model):
+    # ORT stamps its own producer/metadata; the pipeline's model keeps its producer's.
+    keep = [p for p in model.metadata_props if not p.key.startswith("onnx.quant")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """ORT's quantizer logs advice through the root logger ('run pre-processing first', ...)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:  # ... and its calibrators print progress to stdout
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _ort_version():
+    import onnxruntime
+    return onnxruntime.__version__
