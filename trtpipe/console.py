@@ -57,5 +57,4 @@ class UI:
         self.err.print(msg, markup=False)
 
     def table(self, table):
-        if not self.quiet:
-            self.out.print(table)
+        self.out.print(table)  # the final summary is shown even with --quiet
