@@ -11,8 +11,10 @@ from trtpipe.registry import register_pass
 @register_pass("cleanup")
 def cleanup(graph, params, ctx):
     before = len(graph.nodes)
-    graph.cleanup(remove_unused_graph_inputs=params["remove_unused_inputs"],
-                  remove_unused_node_outputs=params["remove_unused_node_outputs"])
+    graph.cleanup(remove_unused_node_outputs=params["remove_unused_node_outputs"])
+    if params["remove_unused_inputs"]:
+        # Only the main graph: a Loop body's inputs are positional and must all stay.
+        graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
     if params["toposort"]:
         graph.toposort()
     ctx.log(f"cleanup: removed {before - len(graph.nodes)} node(s)")

@@ -18,6 +18,10 @@ def fold_constants(graph, params, ctx):
     for round_ in range(1, params["max_rounds"] + 1):
         before = len(graph.nodes)
         graph = _infer_shapes(graph)
+        # graphsurgeon re-imports Loop bodies without an IR version and then exports them with the
+        # newest one, which ONNX Runtime rejects when it folds inside the body.
+        for sub in graph.subgraphs(recursive=True):
+            sub.ir_version = graph.ir_version
         graph.fold_constants(fold_shapes=params["fold_shapes"], partitioning=params["partitioning"],
                              size_threshold=params.get("size_threshold"), error_ok=False)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
