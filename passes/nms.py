@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 from passes import _nms_match as match_mod
 from passes._nms_postprocess import split
 from passes.sanitize import infer_shapes
-from trtpipe.errors import PassError
+from trtpipe.errors import BuildError, PassError, PipelineError
 from trtpipe.registry import SCHEMA_DIR, register_pass
 from trtpipe.schema_check import fill_defaults
 
@@ -41,7 +41,27 @@ ROLES = ("num_detections", "detection_boxes", "detection_scores", "detection_cla
 SCHEMA = json.loads((SCHEMA_DIR / "nms.schema.json").read_text())
 
 
-@register_pass("nms")
+_PLUGINS = {"efficient_nms": "EfficientNMS_TRT", "batched_nms": "BatchedNMS_TRT"}
+
+
+def precheck(params, ctx):
+    """Refuse, before any conversion, a mode the recipe's backend cannot build."""
+    mode = params["mode"]
+    _check_backend(mode, ctx)
+    if mode in _PLUGINS and not ctx.plugin_libraries:
+        from trtpipe.backend import resolve_backend
+        from trtpipe.plugins import require_plugin
+        plugin = _PLUGINS[mode]
+        if mode == "batched_nms" and params.get("plugin"):
+            plugin = params["plugin"]
+        try:
+            require_plugin(resolve_backend(ctx.backend), plugin)
+        except PipelineError as err:  # a backend limitation: reported as a build error (exit 7)
+            raise BuildError(f"mode {mode} needs the {plugin} plugin: {err.message}",
+                             hint="on TensorRT-RTX use `mode: split`; or add the plugin library to build.plugins")
+
+
+@register_pass("nms", precheck=precheck)
 def nms(graph, params, ctx):
     p = fill_defaults(params, SCHEMA)  # the runner did this already; direct callers may not
     mode = p["mode"]

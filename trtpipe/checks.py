@@ -12,7 +12,7 @@ from .recipe import load_recipe
 
 
 def precheck_passes(recipe, ctx):
-    """Run each enabled pass's precheck; returns a list of located messages."""
+    """Run each enabled pass's precheck; returns the errors, each message prefixed with its location."""
     problems = []
     for index, item in recipe.enabled_passes():
         info = registry.get(item["pass"])
@@ -20,8 +20,16 @@ def precheck_passes(recipe, ctx):
             try:
                 info.precheck(item["params"], ctx)
             except PipelineError as err:
-                problems.append(f"{recipe.locate(('passes', index, 'pass'))}: passes[{index}] {item['pass']}: {err}")
+                err.message = f"{recipe.locate(('passes', index, 'pass'))}: passes[{index}] {item['pass']}: {err.message}"
+                problems.append(err)
     return problems
+
+
+def raise_first(problems):
+    """One error carrying every message, with the first one's class (and so exit code)."""
+    if problems:
+        first = problems[0]
+        raise type(first)("\n".join(p.message for p in problems), hint=first.hint)
 
 
 def check_sources(recipe):
@@ -45,9 +53,9 @@ def check_recipe(path, check_format=False):
     recipe = load_recipe(path)
     problems = check_sources(recipe)
     backend = resolve_backend(recipe.data["build"]["backend"])
-    ctx = registry.PassContext(name=recipe.name, backend=backend.name,
-                               backend_version=backend.version_tuple, recipe_dir=recipe.dir)
-    problems += precheck_passes(recipe, ctx)
+    ctx = registry.PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
+                               recipe_dir=recipe.dir, plugin_libraries=recipe.data["build"]["plugins"])
+    problems += [str(err) for err in precheck_passes(recipe, ctx)]
     if check_format:
         from .fmt import format_text
         if format_text(recipe.text) != recipe.text:

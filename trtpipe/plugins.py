@@ -129,3 +129,23 @@ def _where(locate, path):
     except Exception:  # a path the recipe does not have (defaults): no location
         return ""
     return f"{loc}: " if loc else ""
+
+
+def backend_plugins(backend):
+    """{(name, namespace): versions} the backend provides without extra libraries (for prechecks)."""
+    trt = backend.trt
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.ERROR), "")
+    return available_creators([trt.get_plugin_registry()])
+
+
+def require_plugin(backend, name, version="1", namespace=""):
+    """BuildError naming the plugin and backend when the backend lacks it."""
+    creators = backend_plugins(backend)
+    versions = creators.get((name, namespace), set())
+    if versions and (not version or version in versions):
+        return
+    have = ", ".join(sorted(n for n, _ in creators)) or "none"
+    raise BuildError(f"plugin '{name}' version {version} is not provided by backend {backend.label} "
+                     f"(it has: {have})",
+                     hint="load a library that provides it via build.plugins, or choose a backend that ships it")

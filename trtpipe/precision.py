@@ -512,7 +512,9 @@ def precision_counts(model):
             casts[f"{SHORT.get(types.get(n.input[0]), '?')}->{SHORT.get(types.get(n.output[0]), '?')}"] += 1
         if n.op_type == "Constant":
             inits.update(SHORT.get(a.t.data_type, str(a.t.data_type)) for a in n.attribute if a.name == "value")
-    inits.update(SHORT.get(t.data_type, helper.tensor_dtype_to_string(t.data_type)) for t in g.initializer)
+    params = {t for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for t in n.input[1:]}
+    inits.update(SHORT.get(t.data_type, helper.tensor_dtype_to_string(t.data_type).split(".")[-1].lower())
+                 for t in g.initializer if t.name not in params)  # scales/zero points: see qdq_pairs
     init_names = {t.name for t in g.initializer}
     return {"nodes": dict(sorted(nodes.items())), "initializers": dict(sorted(inits.items())),
             "qdq_pairs": sum(1 for n in g.node if n.op_type == "QuantizeLinear"

@@ -49,8 +49,16 @@ def quantize(model, cfg, data_feeds=None, *, locate=None, log=None, recipe_dir=N
         _name_nodes(model.graph)
         names = [n.name for n in model.graph.node]
     op_types = [t for t in QUANT_OPS if t not in cfg["exclude_op_types"]]
-    excluded = {n: "exclude_nodes" for n in match_nodes(cfg["exclude_nodes"], names, locate,
-                                                        ("precision", "exclude_nodes"))}
+    layers = {n.name for n in model.graph.node if n.op_type in QUANT_OPS}
+    excluded = {}
+    for i, pattern in enumerate(cfg["exclude_nodes"]):
+        path = ("precision", "exclude_nodes", i)
+        hits = match_nodes([pattern], names, locate, path[:2])
+        if not hits & layers:
+            raise RecipeError(f"{_where(locate, path)}precision.exclude_nodes[{i}]: '{pattern}' matches "
+                              f"{len(hits)} node(s), none of them Conv/ConvTranspose/Gemm/MatMul (the only "
+                              f"layers quantized), e.g. {sorted(hits)[0]}")
+        excluded.update({n: "exclude_nodes" for n in hits & layers})
     if cfg["keep_output_layers"]:
         for name in output_layers(model.graph, op_types):
             excluded.setdefault(name, "keep_output_layers: last layer before an output")
@@ -86,6 +94,7 @@ def quantize(model, cfg, data_feeds=None, *, locate=None, log=None, recipe_dir=N
                             f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
         out = onnx.load(out_path)
     _strip_metadata(out)
+    _float_inputs_for_excluded(out.graph, excluded)
     check_trt_rules(out, mode)
     producer = {t: n.op_type for n in out.graph.node for t in n.output}
     quantized = sorted({n.name for n in out.graph.node if n.op_type in op_types
@@ -181,6 +190,27 @@ def check_trt_rules(model, mode):
         if zp is not None and np.any(numpy_helper.to_array(zp).astype(np.float32) != 0):
             raise PassError(f"precision {mode}: {n.op_type} '{n.name}' has a non-zero zero point; TensorRT "
                             "supports symmetric quantization only")
+
+
+def _float_inputs_for_excluded(graph, excluded):
+    """ORT shares one Q/DQ pair among a tensor's consumers, so an excluded layer reading a tensor
+    that a quantized layer also reads would get int8-rounded input: give it the float tensor."""
+    producer = {t: n for n in graph.node for t in n.output}
+    for node in graph.node:
+        if node.name not in excluded:
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    keep = [n for n in graph.node if n.op_type != "DequantizeLinear" or n.output[0] in used]
+    used = {t for n in keep for t in n.input} | {o.name for o in graph.output}
+    keep = [n for n in keep if n.op_type != "QuantizeLinear" or n.output[0] in used]
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
 
 
 class _Reader:

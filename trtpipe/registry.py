@@ -113,6 +113,7 @@ class PassContext:
     backend: str = "tensorrt_rtx"
     backend_version: tuple = None
     recipe_dir: Path = None
+    plugin_libraries: list = dataclasses.field(default_factory=list)  # build.plugins, resolved
     stage_dir: Path = None
     # new input name -> how to derive it from the source model's input (set_input, replace_preprocessing)
     input_contract: dict = dataclasses.field(default_factory=dict)

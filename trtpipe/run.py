@@ -12,8 +12,8 @@ import onnx
 from . import report as report_mod
 from .backend import has_runtime_gpu, resolve_backend
 from .build import build_plan
-from .checks import precheck_passes
-from .errors import PassError, ValidationError
+from .checks import precheck_passes, raise_first
+from .errors import ValidationError
 from .publish import Staging
 from .recipe import load_recipe
 from .registry import PassContext
@@ -46,9 +46,9 @@ def run_recipe(recipe_path, ui, options=None):
     recipe = load_recipe(recipe_path)
     backend = resolve_backend(recipe.data["build"]["backend"])
     problems = precheck_passes(recipe, PassContext(name=recipe.name, backend=backend.name,
-                                                   backend_version=backend.version_tuple, recipe_dir=recipe.dir))
-    if problems:  # refuse before minutes of conversion, e.g. a plugin the backend lacks
-        raise PassError("\n".join(problems))
+                                                   backend_version=backend.version_tuple, recipe_dir=recipe.dir,
+                                                   plugin_libraries=recipe.data["build"]["plugins"]))
+    raise_first(problems)  # refuse before minutes of conversion, e.g. a plugin the backend lacks
     timings["recipe"] = ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es), "
                                 f"backend {backend.name} {backend.version}")
 
@@ -63,6 +63,7 @@ def run_recipe(recipe_path, ui, options=None):
         ui.stage("passes")
         ctx = PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
                           recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail,
+                          plugin_libraries=recipe.data["build"]["plugins"],
                           input_contract=initial_input_contract(source.model))
         model, pass_stats = run_passes(source.model, recipe, ctx, progress=ui)
         timings["passes"] = ui.done(f"{len(source.model.graph.node)} -> {len(model.graph.node)} nodes")
