@@ -1,0 +1,132 @@
+"""Change a graph input's name, dtype, shape or layout, keeping the rest of the graph as it was.
+
+TF exports take `input_tensor` as uint8 with dynamic height/width ([1, None, None, 3]); TensorRT has
+no uint8 inputs and wants static shapes (or a profile). This pass rewrites the graph input itself
+and, so that every node reading it still sees what it expects, inserts a Transpose back to the old
+layout and a Cast back to the old dtype in front of the nodes that read the input's values
+(`cast_back`). Nodes that only read the input's shape (Shape, Size) are not given the Cast.
+Later passes (replace_preprocessing) remove those helpers together with the subgraph they feed.
+
+The change is recorded in `ctx.input_contract` (key = final name): a `cast` step for a dtype
+change, a `transpose` step for a layout change, and `shape` (in the source layout).
+"""
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from trtpipe.errors import PassError
+from trtpipe.registry import register_pass
+from trtpipe.schema_check import suggest
+
+# new-layout data = source-layout data transposed by PERMS[layout]; the inverse goes back.
+PERMS = {"NHWC->NCHW": [0, 3, 1, 2], "NCHW->NHWC": [0, 2, 3, 1]}
+SHAPE_ONLY_OPS = {"Shape", "Size"}
+
+
+@register_pass("set_input")
+def set_input(graph, params, ctx):
+    inp = find_input(graph, params.get("name"), "set_input")
+    old_name, old_dtype = inp.name, np.dtype(inp.dtype)
+    old_shape = list(inp.shape) if inp.shape is not None else None
+    new_name = params.get("rename") or old_name
+    new_dtype = np.dtype(params["dtype"]) if params.get("dtype") else old_dtype
+    layout = params.get("layout")
+    perm = PERMS[layout] if layout else None
+    if perm and old_shape is not None and len(old_shape) != 4:
+        raise PassError(f"set_input: layout {layout} needs a 4-D input; '{old_name}' has shape {old_shape}")
+
+    if new_name != old_name and new_name in graph.tensors():
+        raise PassError(f"set_input: cannot rename '{old_name}' to '{new_name}': a tensor of that name exists")
+
+    new_shape = params.get("shape")
+    if new_shape is None and old_shape is not None and perm:
+        new_shape = [old_shape[p] for p in perm]
+    rank = 4 if perm else (len(old_shape) if old_shape is not None else None)
+    if new_shape is not None and rank is not None and len(new_shape) != rank:
+        raise PassError(f"set_input: shape {new_shape} has rank {len(new_shape)} but '{old_name}' "
+                        f"has rank {rank} ({old_shape})")
+
+    # Insert the adapters before renaming so their names derive from the old, familiar one.
+    readers = [n for n in inp.outputs]
+    value_src = shape_src = inp
+    added = []
+    if perm:
+        back = [perm.index(i) for i in range(4)]  # inverse permutation
+        shape_src = value_src = _add(graph, added, "Transpose", value_src, f"{old_name}/set_input/transpose",
+                                     {"perm": back}, new_dtype)
+    if new_dtype != old_dtype and params["cast_back"]:
+        value_src = _add(graph, added, "Cast", value_src, f"{old_name}/set_input/cast",
+                         {"to": helper.np_dtype_to_tensor_dtype(old_dtype)}, old_dtype)
+    for node in readers:
+        target = shape_src if node.op in SHAPE_ONLY_OPS else value_src
+        if target is not inp:
+            replace_input(node, inp, target)
+
+    inp.name, inp.dtype = new_name, new_dtype
+    if new_shape is not None:
+        inp.shape = list(new_shape)
+    if new_shape is not None and new_shape != old_shape:
+        # tf2onnx recorded intermediate shapes for the old (dynamic) input; let inference redo them.
+        outputs = set(map(id, graph.outputs))
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Variable) and t.inputs and id(t) not in outputs:
+                t.shape = None
+    if added:
+        graph.toposort()
+
+    record_change(ctx, old_name, old_dtype, old_shape, inp, new_dtype, perm)
+    ctx.log(f"set_input: '{old_name}' -> '{new_name}' {new_dtype.name} {inp.shape}"
+            + (f", layout {layout}" if layout else "") + (f", {len(added)} adapter node(s)" if added else ""))
+    return graph
+
+
+def find_input(graph, name, who, key="name"):
+    """The graph input called `name`, or the only one when `name` is None (did-you-mean otherwise)."""
+    names = [t.name for t in graph.inputs]
+    if name is None:
+        if len(graph.inputs) != 1:
+            raise PassError(f"{who}: the graph has {len(names)} inputs ({', '.join(names) or 'none'}); "
+                            f"say which one with `{key}`")
+        return graph.inputs[0]
+    for t in graph.inputs:
+        if t.name == name:
+            return t
+    raise PassError(f"{who}: no graph input named '{name}'{suggest(name, names)}; "
+                    f"graph inputs: {', '.join(names) or 'none'}")
+
+
+def replace_input(node, old, new):
+    for i, t in enumerate(node.inputs):
+        if t is old:
+            node.inputs[i] = new  # graphsurgeon keeps both tensors' consumer lists in sync
+
+
+def _add(graph, added, op, src, name, attrs, dtype):
+    out = gs.Variable(name + ":0", dtype=dtype)
+    node = gs.Node(op, name=name, attrs=attrs, inputs=[src], outputs=[out])
+    graph.nodes.append(node)
+    added.append(node)
+    return out
+
+
+def record_change(ctx, old_name, old_dtype, old_shape, inp, new_dtype, perm):
+    """Move the input's contract entry to its final name; add cast/transpose steps and shape."""
+    contract = ctx.input_contract
+    entry = contract.pop(old_name, None) or {
+        "source_input": old_name, "source_dtype": old_dtype.name,
+        "source_shape": [d if isinstance(d, int) else None for d in (old_shape or [])],
+        "shape": None, "steps": []}
+    entry = dict(entry, steps=list(entry.get("steps") or []))
+    if new_dtype != old_dtype:
+        entry["steps"].append({"op": "cast", "to": new_dtype.name})
+    if perm:
+        entry["steps"].append({"op": "transpose", "perm": list(perm)})
+    if inp.shape is not None:
+        shape = list(inp.shape)
+        if perm:  # the contract's shape is the source data's, i.e. before the transpose step
+            shape = [shape[perm.index(i)] for i in range(len(shape))]
+        # dynamic dims stay symbolic (str); validation picks a value for them
+        entry["shape"] = [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else None)
+                          for d in shape]
+    contract[inp.name] = entry
