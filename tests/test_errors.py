@@ -102,7 +102,7 @@ def test_parser_rejects_op_names_node(tmp_path, run_cli):
                          coordinate_transformation_mode="tf_crop_and_resize"),
         [helper.make_tensor_value_info("x", f, [1, 1, 4, 4]), helper.make_tensor_value_info("scales", f, [4])],
         [helper.make_tensor_value_info("y", f, None)])
-    got, _, err = run_cli(recipe(tmp_path, BASE))
+    got, _, err = run_cli(recipe(tmp_path, BASE), "--no-validate")
     assert got == errors.EXIT_BUILD
     assert "upsample_crop" in err and "Resize" in err and "transformation mode" in err
     assert no_plan(tmp_path)
@@ -124,7 +124,7 @@ def test_plugin_missing_names_plugin_and_backend(tmp_path, run_cli):
          helper.make_tensor_value_info("detection_classes", TensorProto.INT32, [1, 10])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     onnx.save(model, str(tmp_path / "tiny.onnx"))
-    got, _, err = run_cli(recipe(tmp_path, BASE))
+    got, _, err = run_cli(recipe(tmp_path, BASE), "--no-validate")
     assert got == errors.EXIT_BUILD
     assert "EfficientNMS_TRT" in err and "tensorrt_rtx" in err and "'nms'" in err
     assert no_plan(tmp_path)
@@ -139,7 +139,7 @@ def test_nms_has_no_runner_on_rtx(tmp_path, run_cli):
         [helper.make_tensor_value_info("sel", i64, None)],
         [onnx.numpy_helper.from_array(np.array([5], np.int64), "k")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(tmp_path / "tiny.onnx"))
-    got, _, err = run_cli(recipe(tmp_path, BASE))
+    got, _, err = run_cli(recipe(tmp_path, BASE), "--no-validate")
     assert got == errors.EXIT_BUILD
     assert "NonMaxSuppression" in err and "the_nms" in err
     assert no_plan(tmp_path)

@@ -82,9 +82,12 @@ def quantize(model, cfg, data_feeds=None, *, locate=None, log=None, recipe_dir=N
         f"({method})")
     large = model.ByteSize() >= 2**31 - 1
     with tempfile.TemporaryDirectory(prefix="trtpipe-quant-") as tmp, _quiet_ort():
-        out_path = os.path.join(tmp, "quantized.onnx")
+        # A path, not the ModelProto: ORT saves a ModelProto with external data, which rewrites
+        # the caller's initializers in place to point at its temporary files.
+        in_path, out_path = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "quantized.onnx")
+        onnx.save_model(model, in_path, save_as_external_data=large, location="model.onnx.data")
         try:
-            oq.quantize_static(model, out_path, _Reader(feeds), quant_format=oq.QuantFormat.QDQ,
+            oq.quantize_static(in_path, out_path, _Reader(feeds), quant_format=oq.QuantFormat.QDQ,
                                op_types_to_quantize=op_types, per_channel=cfg["per_channel"], reduce_range=False,
                                activation_type=qtype, weight_type=qtype, nodes_to_exclude=sorted(excluded),
                                calibrate_method=methods[method], use_external_data_format=large,

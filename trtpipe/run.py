@@ -32,7 +32,7 @@ def quiet_libraries(verbose):
     """ONNX Runtime and Polygraphy log warnings meant for their own developers; keep errors."""
     import onnxruntime
     from polygraphy.logger import G_LOGGER
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(4)  # failures surface as exceptions anyway
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
 
 
