@@ -47,6 +47,7 @@ def _main_parser():
         epilog=_exit_code_help() + "\n\nRecipe reference: schemas/recipe.schema.json (see docs/).")
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/effdet.yaml")
     parser.add_argument("--no-validate", action="store_true", help="skip validation (recorded in the report)")
+    parser.add_argument("-o", "--output-dir", metavar="DIR", help="write artifacts here instead of the recipe's output.dir")
     _common(parser)
     return parser
 
@@ -62,7 +63,8 @@ def main(argv=None):
 
     def job():
         from .run import RunOptions, run_recipe
-        run_recipe(args.recipe, ui, RunOptions(validate=not args.no_validate, debug=args.debug))
+        run_recipe(args.recipe, ui, RunOptions(validate=not args.no_validate, debug=args.debug,
+                                                  output_dir=args.output_dir))
 
     return guarded(job, ui, args.debug)
 

@@ -14,6 +14,8 @@ class UI:
     def __init__(self, quiet=False, verbose=False, stream=None):
         self.quiet, self.verbose = quiet, verbose
         self.out = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+        if not self.out.is_terminal:  # CI logs: rich would assume 80 columns and squeeze tables
+            self.out.width = max(self.out.width, 120)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self._stage_start = None
         self._phase_seen = {}

@@ -332,8 +332,7 @@ def _rewrite(model, plan, types, data, pinned, lp, mode, keep_io):
 
 
 def _np_low(lp):
-    import ml_dtypes  # onnx's own dependency; numpy has no bfloat16
-    return np.float16 if lp == TensorProto.FLOAT16 else ml_dtypes.bfloat16
+    return np.dtype(helper.tensor_dtype_to_np_dtype(lp))  # bfloat16 comes from ml_dtypes, via onnx
 
 
 def emulate_in_fp32(model):

@@ -23,9 +23,10 @@ from .validate import print_table, validate_models
 
 
 class RunOptions:
-    def __init__(self, validate=True, debug=False):
+    def __init__(self, validate=True, debug=False, output_dir=None):
         self.validate = validate
         self.debug = debug
+        self.output_dir = output_dir
 
 
 def quiet_libraries(verbose):
@@ -53,6 +54,8 @@ def run_recipe(recipe_path, ui, options=None):
                                 f"backend {backend.name} {backend.version}")
 
     out = recipe.data["output"]
+    if options.output_dir:
+        out["dir"] = str(Path(options.output_dir).resolve())
     with Staging(out["dir"], where=f"{recipe.locate(('output', 'dir'))}: ") as staging:
         ui.stage("source", _source_label(recipe.data["source"]))
         source = load_source(recipe.data["source"], locate=recipe.locate, log=ui.detail)
