@@ -1,0 +1,85 @@
+"""The flagship: the raw tf2onnx export of the TF-OD-style demo fails in the real TensorRT-RTX
+parser/builder with the seed's errors; recipes/effdet.yaml repairs it, validates and builds."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from conftest import REPO
+from trtpipe import errors
+from trtpipe.backend import resolve_backend
+from trtpipe.build import build_plan
+from trtpipe.recipe import load_recipe
+
+BUILD = {"backend": "auto", "workspace_bytes": 1 << 30, "compute_capabilities": ["8.9"],
+         "optimization_level": 3, "profiles": [], "plugins": [], "timing_cache": None}
+
+
+@pytest.fixture(scope="module")
+def effdet_run(tmp_path_factory):
+    """One real run of recipes/effdet.yaml (tf2onnx, passes, validation, build)."""
+    from trtpipe.cli import main
+    out = tmp_path_factory.mktemp("effdet")
+    code = main([str(REPO / "recipes" / "effdet.yaml"), "--output-dir", str(out), "--quiet"])
+    return code, out
+
+
+def test_recipe_builds_and_validates(effdet_run):
+    code, out = effdet_run
+    assert code == 0
+    plan = out / "effdet.plan"
+    assert plan.stat().st_size > 100_000
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["status"] == "passed"
+    raw = {o["output"]: o for o in report["validation"]["comparisons"][0]["outputs"]}
+    assert raw["raw_detection_boxes"]["status"] == "passed"
+    assert raw["raw_detection_boxes"]["max_abs"] <= 1e-5  # fp32 surgery keeps numerics
+    assert raw["raw_detection_scores"]["max_abs"] <= 1e-5
+    dets = report["validation"]["detections"]
+    assert dets["status"] == "passed" and dets["matched"] > 0
+    engine = report["validation"]["comparisons"][-1]
+    assert engine["status"] == "skipped" and "CUDA" in engine["reason"]
+    final = onnx.load(str(out / "effdet.onnx"))
+    ops = {n.op_type for n in final.graph.node}
+    assert "Loop" not in ops and "NonMaxSuppression" not in ops
+    assert final.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    post = onnx.load(str(out / "effdet.postprocess.onnx"))
+    assert "NonMaxSuppression" in {n.op_type for n in post.graph.node}
+    assert report["artifacts"]["effdet.plan"]["size"] == plan.stat().st_size
+
+
+def test_raw_export_fails_with_the_seed_errors(effdet_run):
+    """What users hit first: UINT8 inside the map_fn Loop."""
+    _, out = effdet_run
+    with pytest.raises(errors.BuildError) as err:
+        build_plan(out / "effdet.source.onnx", BUILD, resolve_backend("tensorrt_rtx"))
+    msg = str(err.value)
+    assert "UINT8" in msg and "TensorListGetItem" in msg and "Gather" in msg
+
+
+def test_without_nms_pass_the_build_has_no_nms_runner(tmp_path, run_cli):
+    """With input and preprocessing fixed but NMS kept, TensorRT-RTX cannot build NMS."""
+    text = (REPO / "recipes" / "effdet.yaml").read_text()
+    start = text.index("  # TensorRT-RTX has no NMS")
+    end = text.index("  - pass: fold_constants")
+    recipe = tmp_path / "recipes" / "effdet-nonms.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text(text[:start] + text[end:])
+    shutil.copytree(REPO / "models", tmp_path / "models", ignore=shutil.ignore_patterns("*.py"))
+    code, _, err = run_cli(recipe, "--no-validate", "--output-dir", tmp_path / "out")
+    assert code == errors.EXIT_BUILD
+    assert "NonMaxSuppression" in err and "no runners" in err
+    assert not list((tmp_path / "out").glob("*.plan"))
+
+
+def test_tensorrt_recipe_refused_before_conversion(tmp_path, run_cli):
+    recipe = load_recipe(REPO / "recipes" / "effdet-tensorrt.yaml")
+    if resolve_backend(recipe.data["build"]["backend"]).name != "tensorrt_rtx":
+        pytest.skip("real TensorRT is installed: the plugin exists here")
+    code, out, err = run_cli(REPO / "recipes" / "effdet-tensorrt.yaml", "--output-dir", tmp_path / "out")
+    assert code == errors.EXIT_BUILD
+    assert "EfficientNMS_TRT" in err and "tensorrt_rtx" in err and "effdet-tensorrt.yaml:" in err
+    assert "▶ source" not in out  # refused before any conversion
+    assert not list(tmp_path.rglob("*.plan"))
