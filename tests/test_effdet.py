@@ -4,6 +4,7 @@ parser/builder with the seed's errors; recipes/effdet.yaml repairs it, validates
 import json
 import shutil
 
+import jsonschema
 import onnx
 import pytest
 
@@ -48,6 +49,10 @@ def test_recipe_builds_and_validates(effdet_run):
     post = onnx.load(str(out / "effdet.postprocess.onnx"))
     assert "NonMaxSuppression" in {n.op_type for n in post.graph.node}
     assert report["artifacts"]["effdet.plan"]["size"] == plan.stat().st_size
+    jsonschema.Draft202012Validator(json.loads((REPO / "schemas" / "report.schema.json").read_text())).validate(report)
+    md = (out / "report.md").read_text()
+    assert "| `raw_detection_boxes` | max |" in md and "engine vs final-ort*: skipped" in md
+    assert "-Loop 1" in md and "-NonMaxSuppression 1" in md
 
 
 def test_raw_export_fails_with_the_seed_errors(effdet_run):

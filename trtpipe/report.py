@@ -1,16 +1,16 @@
-"""Stage 7: the build report (report.json + report.md) and the console summary table."""
+"""Last stage: the build report (report.json, described by schemas/report.schema.json, and
+report.md for pull requests) and the console summary table."""
 
 import json
 import platform
-import sys
 from importlib import metadata
 
 from rich.table import Table
 
 from .publish import atomic_write_bytes, sha256_file
 
-_TOOLS = ["onnx", "onnxruntime", "tf2onnx", "tensorflow-cpu", "polygraphy", "onnx-graphsurgeon",
-          "tensorrt", "tensorrt-rtx-cu13-bindings", "onnxruntime-ep-nv-tensorrt-rtx-cu13"]
+_TOOLS = ["onnx", "onnxruntime", "tf2onnx", "tensorflow-cpu", "tensorflow", "polygraphy", "onnx-graphsurgeon",
+          "tensorrt", "tensorrt-rtx-cu13-bindings", "onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxconverter-common"]
 
 
 def tool_versions():
@@ -24,7 +24,7 @@ def tool_versions():
 
 
 def make_report(*, recipe, backend, source, pass_stats, build, validation, timings, ops_final,
-                artifacts, options):
+                artifacts, options, precision=None):
     return {
         "recipe": {"path": str(recipe.path), "sha256": recipe.sha256, "name": recipe.name,
                    "resolved": recipe.data},
@@ -32,12 +32,14 @@ def make_report(*, recipe, backend, source, pass_stats, build, validation, timin
         "backend": {"name": backend.name, "version": backend.version,
                     "compute_capabilities": build.compute_capabilities},
         "source": {"kind": source.kind, "path": str(source.path), "opset": source.opset,
-                   "nodes": len(source.model.graph.node)},
+                   "nodes": len(source.model.graph.node), "versions": source.versions},
         "passes": pass_stats,
         "final_ops": ops_final,
+        "precision": precision or {"mode": "fp32"},
         "validation": validation,
         "build": {"duration_s": round(build.duration_s, 3), "memory": build.memory,
-                  "num_layers": build.num_layers, "warnings": build.warnings},
+                  "num_layers": build.num_layers, "warnings": build.warnings,
+                  "inputs": build.inputs, "outputs": build.outputs},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "artifacts": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
                       for name, path in artifacts.items()},
@@ -50,22 +52,66 @@ def write(rep, json_path, md_path):
     atomic_write_bytes(md_path, to_markdown(rep).encode())
 
 
+def _op_changes(before, after):
+    """'-Loop 1, +Transpose 1' : what a pass did, in op counts."""
+    parts = []
+    for op in sorted(set(before) | set(after)):
+        delta = after.get(op, 0) - before.get(op, 0)
+        if delta:
+            parts.append(f"{'+' if delta > 0 else '-'}{op} {abs(delta)}")
+    return ", ".join(parts) or "no op-count change"
+
+
+def _num(x):
+    return "" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+
+def _mib(n):
+    return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
+
+
+def _validation_md(val):
+    lines = [f"**{val['status']}**" + (f": {val['reason']}" if val.get("reason") else "")]
+    for comp in val.get("comparisons", []):
+        lines += ["", f"*{comp['name']}*: {comp['status']}" + (f" ({comp['reason']})" if comp.get("reason") else "")]
+        rows = comp.get("outputs") or []
+        if rows:
+            lines += ["", "| output | statistic | max abs | max rel | atol / rtol | status |", "|---|---|---:|---:|---|---|"]
+            for o in rows:
+                tol = f"{_num(o.get('atol'))} / {_num(o.get('rtol'))}" if o.get("atol") is not None else ""
+                status = o["status"] + (f" ({o['reason']})" if o.get("reason") else "")
+                lines.append(f"| `{o['output']}` | {o.get('statistic', '')} | {_num(o.get('max_abs'))} | "
+                             f"{_num(o.get('max_rel'))} | {tol} | {status} |")
+    dets = val.get("detections")
+    if dets:
+        lines += ["", f"*detections* (IoU >= {dets.get('iou_threshold')}): {dets.get('status')}, "
+                      f"{dets.get('matched', 0)} matched, {dets.get('unmatched', 0)} unmatched, "
+                      f"{dets.get('borderline', 0)} borderline"]
+    return lines
+
+
 def to_markdown(rep):
-    lines = [f"# Build report: {rep['recipe']['name']}", "",
-             f"- recipe: `{rep['recipe']['path']}` (sha256 `{rep['recipe']['sha256'][:16]}`)",
-             f"- backend: {rep['backend']['name']} {rep['backend']['version']}, "
-             f"compute capabilities {', '.join(rep['backend']['compute_capabilities'] or []) or 'n/a'}",
-             f"- source: {rep['source']['kind']} ({rep['source']['nodes']} nodes, opset {rep['source']['opset']})",
-             "", "## Stages", "", "| stage | seconds |", "|---|---:|"]
+    b, mem = rep["backend"], rep["build"]["memory"] or {}
+    lines = [f"# Build report: `{rep['recipe']['name']}`", "",
+             f"- recipe: `{rep['recipe']['path']}` (sha256 `{rep['recipe']['sha256'][:16]}…`)",
+             f"- backend: {b['name']} {b['version']}, compute capabilities "
+             f"{', '.join(b['compute_capabilities'] or []) or 'the build GPU'}",
+             f"- source: {rep['source']['kind']}, {rep['source']['nodes']} nodes, opset {rep['source']['opset']}",
+             f"- precision: {rep['precision'].get('mode')}",
+             f"- builder memory: activations {_mib(mem.get('activation_bytes'))}, "
+             f"weights {_mib(mem.get('weights_bytes'))}; {rep['build']['num_layers']} network layers",
+             "", "## Passes", "", "| # | pass | nodes | op changes | s |", "|---:|---|---|---|---:|"]
+    lines += [f"| {p['index']} | `{p['pass']}` | {p['nodes_before']} → {p['nodes_after']} | "
+              f"{_op_changes(p['ops_before'], p['ops_after'])} | {p['duration_s']:.2f} |" for p in rep["passes"]]
+    lines += ["", "## Validation", ""] + _validation_md(rep["validation"])
+    lines += ["", "## Stage times", "", "| stage | s |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in rep["timings_s"].items()]
-    lines += ["", "## Passes", "", "| # | pass | nodes before | nodes after | seconds |", "|---:|---|---:|---:|---:|"]
-    lines += [f"| {p['index']} | {p['pass']} | {p['nodes_before']} | {p['nodes_after']} | {p['duration_s']:.2f} |"
-              for p in rep["passes"]]
-    val = rep["validation"]
-    lines += ["", "## Validation", "", f"status: **{val['status']}**" + (f" ({val['reason']})" if val.get("reason") else "")]
     lines += ["", "## Artifacts", "", "| file | bytes | sha256 |", "|---|---:|---|"]
-    lines += [f"| {n} | {a['size']} | `{a['sha256']}` |" for n, a in rep["artifacts"].items()]
-    lines += ["", "## Tools", ""] + [f"- {k} {v}" for k, v in rep["tools"].items()]
+    lines += [f"| `{n}` | {a['size']} | `{a['sha256']}` |" for n, a in rep["artifacts"].items()]
+    if rep["build"]["warnings"]:
+        lines += ["", "## Builder warnings", ""] + [f"- {w}" for w in rep["build"]["warnings"]]
+    lines += ["", "<details><summary>Tool versions</summary>", ""]
+    lines += [f"- {k} {v}" for k, v in rep["tools"].items()] + ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
