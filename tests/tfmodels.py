@@ -73,7 +73,8 @@ def multi_output_map_fn(dest, **options):
 
 def input_shape_consumer(dest, **options):
     """Dynamic batch (input [None, None, None, 3]) and a clip window for the raw boxes from
-    tf.shape(input_tensor): the uint8 input gets top-level Shape readers besides the Loop."""
+    tf.shape(input_tensor): one top-level Shape(input) feeds the Loop's trip count and the clip
+    window, and the image becomes Loop output 2."""
     return demo(dest, batch=None, clip_to_input=True, **options)
 
 
