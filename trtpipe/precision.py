@@ -19,6 +19,7 @@ rewrite, done here and recorded in the report:
 import collections
 import copy
 import fnmatch
+import os
 
 import numpy as np
 import onnx
@@ -27,7 +28,6 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import PassError, RecipeError
 from .schema_check import fill_defaults, key_path, load_schema, schema_errors, suggest
 
-MODES = ("fp32", "fp16", "bf16", "int8", "fp8")
 LOW = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 SHORT = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16",
          TensorProto.DOUBLE: "fp64", TensorProto.INT8: "int8", TensorProto.UINT8: "uint8",
@@ -36,7 +36,7 @@ SHORT = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFL
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 FLOAT_KEYS = ("keep_io_types", "keep_op_types", "keep_nodes", "overflow_guard", "overflow_threshold")
 QUANT_KEYS = ("calibration", "method", "percentile", "per_channel", "exclude_op_types",
-              "exclude_nodes", "keep_output_layers")
+              "exclude_nodes", "quantize_depthwise", "keep_output_layers")
 FP16_MAX = 65504.0
 BF16_OPSET = 22       # Conv, pooling, ... have bf16 variants only from ai.onnx opset 22
 GUARD_SAMPLES = 8     # the overflow guard looks at this many feeds at most
@@ -102,7 +102,7 @@ def apply_precision(model, precision_cfg, *, compute_capabilities, data_feeds, l
     check_targets(mode, compute_capabilities, locate)
     stats = {"mode": mode, "config": cfg, "before": precision_counts(model)}
     if mode == "fp32":
-        out, notes = model, []
+        out = model
     elif mode in LOW:
         out, part = convert_float(model, cfg, data_feeds, locate=locate, log=log)
         stats.update(part)
@@ -167,14 +167,19 @@ def convert_float(model, cfg, data_feeds=None, *, locate=None, log=None):
             kept[node.name or f"#{idx} {node.op_type}"] = why
         else:
             plan[idx] = (positions, f32_out)
+    io_before = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.output)}
     casts = _rewrite(model, plan, types, data, pinned, lp, mode, cfg["keep_io_types"])
+    # with keep_io_types false callers feed/read these in the new type (validation casts its data)
+    io_changed = {v.name: SHORT[lp] for v in list(g.input) + list(g.output)
+                  if io_before.get(v.name) != v.type.tensor_type.elem_type}
     if model.ir_version < (min_ir := helper.find_min_ir_version_for(list(model.opset_import), True)):
         model.ir_version = min_ir
     reasons = collections.Counter(r.split(":")[0] for r in kept.values())
     log(f"{mode}: {len(plan)} node(s) converted, {len(kept)} kept in fp32, {casts} cast(s) added")
     return model, {"tool": f"trtpipe mixed precision (onnx {onnx.__version__} type constraints)",
                    "converted_nodes": len(plan), "kept_fp32": kept, "kept_reasons": dict(reasons),
-                   "casts_added": casts, "overflow_guard": guard, "opset": opset, "notes": notes}
+                   "casts_added": casts, "io_types_changed": io_changed, "overflow_guard": guard,
+                   "opset": opset, "notes": notes}
 
 
 def _keep_reason(node, keep_ops, keep_nodes, pinned, cfg):
@@ -367,8 +372,9 @@ def emulate_in_fp32(model):
         outs = [(i, types.get(t)) for i, t in enumerate(n.output) if types.get(t) in lows]
         for i, lp in outs:
             n.output[i] = f"{n.output[i]}__{SHORT[lp]}"
-        if n.op_type == "Cast":
-            n.attribute[0].i = TensorProto.FLOAT if n.attribute[0].i in lows else n.attribute[0].i
+        for a in n.attribute:
+            if n.op_type == "Cast" and a.name == "to" and a.i in lows:
+                a.i = TensorProto.FLOAT
         nodes.append(n)
         for i, lp in outs:
             round_trip(n.output[i], n.output[i].rsplit("__", 1)[0], lp)
@@ -435,11 +441,18 @@ def subgraph_reads(graph):
 def activation_ranges(model, names, feeds):
     """max |x| per tensor over `feeds`, running the fp32 model with ONNX Runtime (CPU)."""
     import onnxruntime as ort
+    import tempfile
     g = model.graph
     have, count = {o.name for o in g.output}, len(g.output)
     g.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    tmp = None
     try:  # extra outputs only while serializing: no copy of the weights
-        blob = model.SerializeToString()
+        if sum(len(t.raw_data) for t in g.initializer) < 2**31 - 2**26:
+            blob = model.SerializeToString()
+        else:  # protobuf's 2 GB limit: ORT reads it from a file with external data
+            tmp = tempfile.TemporaryDirectory(prefix="trtpipe-guard-")
+            blob = os.path.join(tmp.name, "model.onnx")
+            onnx.save_model(model, blob, save_as_external_data=True, location="model.onnx.data")
     finally:
         del g.output[count:]
     opts = ort.SessionOptions()
@@ -458,6 +471,9 @@ def activation_ranges(model, names, feeds):
     except Exception as err:
         raise PassError(f"precision: overflow guard: ONNX Runtime could not run the fp32 model on the "
                         f"validation data: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
     return maxabs
 
 
