@@ -1,14 +1,29 @@
 """`check`: everything that can be verified about a recipe without converting or building.
 
-The same prechecks run at the start of a real run, so a recipe that cannot work on the chosen
-backend fails in a second, before minutes of conversion.
+What it covers, in the order a run would hit it:
+
+* the recipe itself (`load_recipe`): YAML syntax, duplicate keys, the schema, pass names and
+  their parameters, profile consistency (min <= opt <= max, equal ranks, unique names);
+* files the recipe names: the source model (ONNX file / SavedModel directory), plugin libraries,
+  validation and calibration data (.npz files, image folders);
+* precision settings a schema cannot judge (keys of another mode, targets that lack BF16/FP8);
+* backend compatibility: every enabled pass's precheck against the backend a run would use here
+  (e.g. `nms: efficient_nms` needs the EfficientNMS_TRT plugin, which TensorRT-RTX lacks);
+* with `check --format`, that the file is canonically formatted (`python pipeline.py fmt`).
+
+Messages are the ones a run prints (`file:line:col: key.path: message`): the recipe errors come
+from the same loader, the pass prechecks are the same functions a run calls first, and the
+source messages use the source stage's wording. Nothing here imports TensorFlow, converts or
+builds, so a folder of recipes takes about a second.
 """
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import registry
-from .errors import PipelineError
-from .recipe import load_recipe
+from .errors import PipelineError, RecipeError
+from .recipe import load_recipe, resolve_path
 
 
 def precheck_passes(recipe, ctx):
@@ -32,32 +47,148 @@ def raise_first(problems):
         raise type(first)("\n".join(p.message for p in problems), hint=first.hint)
 
 
+@dataclass
+class CheckResult:
+    path: str
+    problems: list = field(default_factory=list)   # messages, each `file:line:col: key.path: ...`
+    notes: list = field(default_factory=list)      # context for the problems (e.g. what `auto` chose)
+    backend: str = None                            # e.g. "tensorrt_rtx 1.7.1"
+
+    @property
+    def ok(self):
+        return not self.problems
+
+
+def _where(recipe, path, keys=None):
+    from .schema_check import key_path
+    return f"{recipe.locate(path)}: {keys or key_path(path)}"
+
+
 def check_sources(recipe):
+    """The source model exists (same messages as the source stage, which would fail on it)."""
+    from .source import _missing
     src, problems = recipe.data["source"], []
-    if "onnx" in src and not Path(src["onnx"]).is_file():
-        problems.append(f"{recipe.locate(('source', 'onnx'))}: source.onnx: no such file {src['onnx']}")
+    if "onnx" in src:
+        path, where = src["onnx"], _where(recipe, ("source", "onnx"))
+        if not os.path.exists(path):
+            problems.append(str(_missing(path, where)))
+        elif os.path.isdir(path):
+            saved = os.path.exists(os.path.join(path, "saved_model.pb"))
+            problems.append(f"{where}: {path} is a directory, not an .onnx file"
+                            + ("\n  hint: it holds a SavedModel: use `saved_model:` instead" if saved else ""))
     if "saved_model" in src:
-        sm = Path(src["saved_model"])
-        if not (sm / "saved_model.pb").is_file():
-            problems.append(f"{recipe.locate(('source', 'saved_model'))}: source.saved_model: "
-                            f"{sm} is not a SavedModel directory (no saved_model.pb)")
-    for i, plugin in enumerate(recipe.data["build"]["plugins"]):
-        if not Path(plugin).is_file():
-            problems.append(f"{recipe.locate(('build', 'plugins', i))}: build.plugins[{i}]: no such file {plugin}")
+        path, where = src["saved_model"], _where(recipe, ("source", "saved_model"))
+        if not os.path.exists(path):
+            problems.append(str(_missing(path, where)))
+        elif not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            problems.append(f"{where}: {path} is not a SavedModel directory (no saved_model.pb)"
+                            + ("\n  hint: for an .onnx file use `onnx:`" if os.path.isfile(path) else ""))
     return problems
+
+
+def check_plugins(recipe):
+    problems = []
+    for i, plugin in enumerate(recipe.data["build"]["plugins"]):
+        path = ("build", "plugins", i)
+        if not os.path.exists(plugin):
+            problems.append(f"{_where(recipe, path)}: plugin library {plugin} does not exist")
+        elif not os.path.isfile(plugin):
+            problems.append(f"{_where(recipe, path)}: plugin library {plugin} is not a file")
+    return problems
+
+
+def check_data_files(recipe):
+    """validate.data and precision.calibration name .npz files / image folders relative to the recipe."""
+    problems = []
+    places = [("validate", "data")]
+    if isinstance(recipe.data.get("precision"), dict):
+        places.append(("precision", "calibration"))
+    for place in places:
+        cfg = recipe.data
+        for key in place:
+            cfg = cfg.get(key) if isinstance(cfg, dict) else None
+        if not isinstance(cfg, dict):
+            continue
+        if isinstance(cfg.get("npz"), str):
+            path = resolve_path(cfg["npz"], recipe.dir)
+            if not os.path.isfile(path):
+                problems.append(f"{_where(recipe, place + ('npz',))}: no such .npz file {path}")
+        images = cfg.get("images")
+        if isinstance(images, dict) and isinstance(images.get("dir"), str):
+            path = resolve_path(images["dir"], recipe.dir)
+            if not os.path.isdir(path):
+                problems.append(f"{_where(recipe, place + ('images', 'dir'))}: no such image folder {path}")
+    return problems
+
+
+def check_precision(recipe):
+    """What the precision stage refuses before touching the model (its own functions, its messages)."""
+    try:
+        from . import precision
+    except ImportError:  # the precision stage is optional for check
+        return []
+    try:
+        cfg = precision.normalize(recipe.data.get("precision"), recipe.locate)
+        precision.check_targets(cfg["mode"], recipe.data["build"]["compute_capabilities"], recipe.locate)
+        if cfg["mode"] == "int8" and cfg.get("method") == "distribution":
+            raise RecipeError(f"{recipe.locate(('precision', 'method'))}: precision.method: 'distribution' is "
+                              f"ONNX Runtime's float8 calibrator; int8 takes minmax, entropy or percentile")
+    except PipelineError as err:
+        return [str(err)]
+    return []
+
+
+def check_backend(recipe):
+    """(problems, backend label, notes): pass prechecks against the backend a run would use here."""
+    from .backend import resolve_backend
+    where = _where(recipe, ("build", "backend"))
+    try:
+        backend = resolve_backend(recipe.data["build"]["backend"])
+    except PipelineError as err:
+        return [f"{where}: {err}"], None, []
+    ctx = registry.PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
+                               recipe_dir=recipe.dir, plugin_libraries=recipe.data["build"]["plugins"])
+    problems = [str(err) for err in precheck_passes(recipe, ctx)]
+    notes = []
+    if problems and recipe.data["build"]["backend"] == "auto":
+        notes.append(f"{where}: `auto` resolves to {backend.label} on this machine; the checks above "
+                     f"are against that backend")
+    return problems, backend.label, notes
 
 
 def check_recipe(path, check_format=False):
-    """Problems found in one recipe (empty when fine). Recipe load errors raise RecipeError."""
-    from .backend import resolve_backend
+    """CheckResult for one recipe. A recipe that does not load (YAML, schema, passes, profiles)
+    raises RecipeError with every such problem in it, exactly as a run would."""
     recipe = load_recipe(path)
-    problems = check_sources(recipe)
-    backend = resolve_backend(recipe.data["build"]["backend"])
-    ctx = registry.PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
-                               recipe_dir=recipe.dir, plugin_libraries=recipe.data["build"]["plugins"])
-    problems += [str(err) for err in precheck_passes(recipe, ctx)]
+    result = CheckResult(str(path))
+    result.problems += check_sources(recipe) + check_plugins(recipe) + check_data_files(recipe)
+    result.problems += check_precision(recipe)
+    problems, result.backend, result.notes = check_backend(recipe)
+    result.problems += problems
     if check_format:
-        from .fmt import format_text
-        if format_text(recipe.text) != recipe.text:
-            problems.append(f"{path}: not canonically formatted (run `python pipeline.py fmt {path}`)")
-    return problems
+        result.problems += check_formatting(path, recipe.text)
+    return result
+
+
+def check_formatting(path, text):
+    from .fmt import first_difference, format_text
+    formatted = format_text(text, str(path))
+    if formatted == text:
+        return []
+    line = first_difference(text, formatted)
+    have = (text.splitlines() + [""])[line - 1]
+    want = (formatted.splitlines() + [""])[line - 1]
+    return [f"{path}:{line}:1: not canonically formatted: line {line} is `{have.strip()}`, "
+            f"`python pipeline.py fmt` writes `{want.strip()}` there; run `python pipeline.py fmt {path}`"]
+
+
+def recipe_files(args):
+    """Expand directories to the *.yaml / *.yml recipes in them (sorted); files pass through."""
+    out = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            out += sorted(str(q) for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file())
+        else:
+            out.append(arg)
+    return out

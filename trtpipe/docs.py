@@ -1,4 +1,10 @@
-"""Documentation generated from the JSON schemas: `passes` output, docs/passes.md, docs/recipe.md."""
+"""Documentation generated from the JSON schemas: `passes` output, docs/passes.md, docs/recipe.md.
+
+`python pipeline.py docs` writes the two files; `python pipeline.py docs --check` (and a test)
+fails when they no longer match the schemas and pass docstrings. Key names in the recipe
+reference follow the recipe's shape: `passes[].params`, `build.profiles[].inputs.<input>.min`,
+`validate.outputs.<name>.atol`; `precision.*` lists the options of the mapping form.
+"""
 
 import json
 
@@ -7,35 +13,84 @@ from rich.table import Table
 
 def _type_text(schema):
     if "enum" in schema:
-        return ", ".join(json.dumps(v) for v in schema["enum"])
+        return ", ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     t = schema.get("type", "any")
     if t == "array" and isinstance(schema.get("items"), dict):
         return f"list of {_type_text(schema['items'])}"
-    return " or ".join(t) if isinstance(t, list) else t
+    if t == "object" and isinstance(schema.get("additionalProperties"), dict) and not schema.get("properties"):
+        return f"mapping of name to {_type_text(schema['additionalProperties'])}"
+    if isinstance(t, list):
+        if "array" in t and isinstance(schema.get("items"), dict):
+            t = [x if x != "array" else f"list of {_type_text(schema['items'])}" for x in t]
+        return " or ".join(t)
+    return t
+
+
+def _cell(text):
+    """Markdown table cells hold one line and no unescaped pipes."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _constraints(schema):
+    parts = []
+    for key, word in (("minimum", ">= {}"), ("exclusiveMinimum", "> {}"), ("maximum", "<= {}"),
+                      ("exclusiveMaximum", "< {}"), ("minItems", "at least {} items"), ("maxItems", "at most {} items"),
+                      ("minLength", "at least {} characters")):
+        if key in schema and not (key in ("minItems", "minLength") and schema[key] == 0):
+            parts.append(word.format(schema[key]))
+    if schema.get("uniqueItems"):
+        parts.append("unique")
+    if "x-expected" in schema:
+        parts.append(schema["x-expected"])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def param_rows(schema, prefix=""):
-    """(name, type, default, required, description) for each parameter, nested objects flattened."""
+    """(name, type, default, required, description) for each key, nested objects flattened: objects
+    as `a.b`, list items as `a[].b`, mapping values as `a.<name>.b`, if/then/else branches merged."""
     rows = []
     required = set(schema.get("required", []))
-    for name, sub in schema.get("properties", {}).items():
+    props = {}
+    for branch in (schema, schema.get("then"), schema.get("else")):
+        if isinstance(branch, dict):
+            for name, sub in branch.get("properties", {}).items():
+                props.setdefault(name, sub)
+    for name, sub in props.items():
         full = f"{prefix}{name}"
         default = json.dumps(sub["default"]) if "default" in sub else ""
-        rows.append((full, _type_text(sub), default, name in required, sub.get("description", "")))
-        if sub.get("type") == "object" and "properties" in sub:
-            rows += param_rows(sub, full + ".")
+        desc = sub.get("description", "") + _constraints(sub)
+        rows.append((full, _type_text(sub), default, name in required, desc))
+        rows += _nested(sub, full)
     return rows
+
+
+def _nested(sub, full):
+    rows = []
+    if sub.get("properties") or any(isinstance(sub.get(b), dict) and sub[b].get("properties") for b in ("then", "else")):
+        rows += param_rows(sub, full + ".")
+    items = sub.get("items")
+    if isinstance(items, dict) and items.get("properties"):
+        rows += param_rows(items, full + "[].")
+    extra = sub.get("additionalProperties")
+    if isinstance(extra, dict) and (extra.get("properties") or extra.get("additionalProperties")):
+        rows += param_rows(extra, full + ".<name>.") if extra.get("properties") else _nested(extra, full + ".<name>")
+    return rows
+
+
+def _table(rows, first="parameter"):
+    lines = [f"| {first} | type | default | description |", "|---|---|---|---|"]
+    lines += [f"| `{n}`{' (required)' if r else ''} | {_cell(t)} | {('`' + _cell(d) + '`') if d else ''} | {_cell(desc)} |"
+              for n, t, d, r, desc in rows]
+    return lines
 
 
 def pass_markdown(info):
     lines = [f"### `{info.name}`", "", info.doc, ""]
     rows = param_rows(info.schema)
-    if rows:
-        lines += ["| parameter | type | default | description |", "|---|---|---|---|"]
-        lines += [f"| `{n}`{' (required)' if r else ''} | {t} | {('`' + d + '`') if d else ''} | {desc} |"
-                  for n, t, d, r, desc in rows]
-    else:
-        lines.append("_No parameters._")
+    lines += _table(rows) if rows else ["_No parameters._"]
+    if info.precheck:
+        lines += ["", "Checked before any conversion (`python pipeline.py check`): "
+                  + _cell((info.precheck.__doc__ or "backend compatibility").strip().splitlines()[0])]
     return "\n".join(lines) + "\n"
 
 
@@ -45,21 +100,32 @@ def pass_names_table(infos):
     table.add_column("what it does")
     table.add_column("parameters", overflow="fold")
     for info in infos:
-        params = ", ".join(f"{n}{'*' if r else ''}" for n, _, _, r, _ in param_rows(info.schema) if "." not in n)
+        params = ", ".join(f"{n}{'*' if r else ''}" for n, _, _, r, _ in param_rows(info.schema)
+                           if "." not in n and "[" not in n)
         table.add_row(info.name, info.summary, params or "-")
     return table
 
 
 def passes_md(infos):
-    head = ["# Passes", "", "Generated from `schemas/passes/*.schema.json` and the pass docstrings by",
-            "`python pipeline.py docs`. Do not edit by hand.", ""]
-    return "\n".join(head) + "\n" + "\n".join(pass_markdown(i) for i in infos)
+    infos = sorted(infos, key=lambda i: i.name)
+    lines = ["# Passes", "",
+             "Generated from `schemas/passes/*.schema.json` and the pass docstrings by `python pipeline.py docs`;",
+             "do not edit by hand (`python pipeline.py docs --check` and the tests fail when it is stale).",
+             "A recipe lists passes under `passes:`, each `{pass: NAME, params: {...}, enabled: true, note: ...}`;",
+             "see [recipe.md](recipe.md).", "",
+             "| pass | what it does |", "|---|---|"]
+    lines += [f"| [`{i.name}`](#{i.name}) | {_cell(i.summary)} |" for i in infos]
+    lines.append("")
+    return "\n".join(lines) + "\n" + "\n".join(pass_markdown(i) for i in infos)
 
 
 def recipe_md(schema):
-    lines = ["# Recipe reference", "", "Generated from `schemas/recipe.schema.json` by `python pipeline.py docs`.",
-             "Do not edit by hand.", "", schema.get("description", ""), "",
-             "| key | type | default | description |", "|---|---|---|---|"]
-    for name, t, d, r, desc in param_rows(schema):
-        lines.append(f"| `{name}`{' (required)' if r else ''} | {t} | {('`' + d + '`') if d else ''} | {desc} |")
+    lines = ["# Recipe reference", "",
+             "Generated from `schemas/recipe.schema.json` by `python pipeline.py docs`; do not edit by hand",
+             "(`python pipeline.py docs --check` and the tests fail when it is stale). Pass parameters are in",
+             "[passes.md](passes.md).", "", _cell(schema.get("description", "")), "",
+             "Keys: `a.b` is key `b` inside mapping `a`; `a[].b` is key `b` of each item of list `a`;",
+             "`a.<name>` is a mapping whose keys you choose (input or output names).",
+             "`python pipeline.py explain RECIPE` shows a recipe with every default filled in.", ""]
+    lines += _table(param_rows(schema), first="key")
     return "\n".join(lines) + "\n"

@@ -70,6 +70,15 @@ def _mib(n):
     return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
 
 
+def _precision_md(prec):
+    counts = lambda d: ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items()))  # noqa: E731
+    text = prec.get("mode", "fp32")
+    if prec.get("nodes"):
+        text += f" (nodes: {counts(prec['nodes'])}; initializers: {counts(prec.get('initializers'))}"
+        text += f"; Q/DQ pairs {prec['qdq_pairs']})" if prec.get("qdq_pairs") else ")"
+    return text
+
+
 def _validation_md(val):
     lines = [f"**{val['status']}**" + (f": {val['reason']}" if val.get("reason") else "")]
     for comp in val.get("comparisons", []):
@@ -85,7 +94,7 @@ def _validation_md(val):
     dets = val.get("detections")
     if dets:
         lines += ["", f"*detections* (IoU >= {dets.get('iou_threshold')}): {dets.get('status')}, "
-                      f"{dets.get('matched', 0)} matched, {dets.get('unmatched', 0)} unmatched, "
+                      f"{dets.get('matched', 0)} matched, {dets.get('unmatched_source', 0)} missed, {dets.get('unmatched_final', 0)} extra, "
                       f"{dets.get('borderline', 0)} borderline"]
     return lines
 
@@ -97,7 +106,7 @@ def to_markdown(rep):
              f"- backend: {b['name']} {b['version']}, compute capabilities "
              f"{', '.join(b['compute_capabilities'] or []) or 'the build GPU'}",
              f"- source: {rep['source']['kind']}, {rep['source']['nodes']} nodes, opset {rep['source']['opset']}",
-             f"- precision: {rep['precision'].get('mode')}",
+             f"- precision: {_precision_md(rep['precision'])}",
              f"- builder memory: activations {_mib(mem.get('activation_bytes'))}, "
              f"weights {_mib(mem.get('weights_bytes'))}; {rep['build']['num_layers']} network layers",
              "", "## Passes", "", "| # | pass | nodes | op changes | s |", "|---:|---|---|---|---:|"]

@@ -19,7 +19,7 @@ from .recipe import load_recipe
 from .registry import PassContext
 from .source import load_source
 from .transform import initial_input_contract, op_histogram, run_passes
-from .validate import print_table, validate_models
+from .validate import print_table, resolve_config, validate_models
 
 
 class RunOptions:
@@ -70,14 +70,16 @@ def run_recipe(recipe_path, ui, options=None):
                           input_contract=initial_input_contract(source.model))
         model, pass_stats = run_passes(source.model, recipe, ctx, progress=ui)
         timings["passes"] = ui.done(f"{len(source.model.graph.node)} -> {len(model.graph.node)} nodes")
+        model, precision = _precision(recipe, model, source_path, ctx, backend, ui, timings)
         final_path = staging.path(out["onnx"])
         _save_onnx(model, final_path)
+        ort_twin = _ort_twin(model, precision, staging)
 
         # Validation runs before the build so a wrong graph fails fast; where a GPU can run the
         # plan it runs after the build instead, to include the engine-vs-ORT comparison.
         gpu_ok, _ = has_runtime_gpu(backend, recipe.data["build"]["compute_capabilities"])
         validate = lambda plan=None: _validate(recipe, options, ui, source_path, final_path, ctx,  # noqa: E731
-                                               backend, plan, timings)
+                                               backend, plan, timings, ort_twin)
         validation = None if gpu_ok else validate()
 
         ui.stage("build", f"{backend.name} {backend.version}")
@@ -94,14 +96,62 @@ def run_recipe(recipe_path, ui, options=None):
         rep = report_mod.make_report(
             recipe=recipe, backend=backend, source=source, pass_stats=pass_stats, build=result,
             validation=validation, timings=timings, ops_final=op_histogram(model),
-            artifacts={name: staging.path(name) for name in artifacts}, options=options)
+            artifacts={name: staging.path(name) for name in artifacts}, options=options, precision=precision)
         report_mod.write(rep, staging.path("report.json"), staging.path("report.md"))
         published = staging.publish(artifacts + ["report.json", "report.md"])
     ui.table(report_mod.summary_table(rep, published))
     return rep
 
 
-def _validate(recipe, options, ui, source_path, final_path, ctx, backend, plan_path, timings):
+def _precision(recipe, model, source_path, ctx, backend, ui, timings):
+    """Realize `precision` in the graph (TensorRT 11 / RTX are strongly typed: no builder flags)."""
+    from .precision import apply_precision, normalize
+    cfg = normalize(recipe.data["precision"], recipe.locate)
+    ui.stage("precision", cfg["mode"])
+    feeds = make_feeds = None
+    if cfg["mode"] != "fp32":
+        make_feeds = lambda data_cfg: _final_feeds(recipe, source_path, ctx, model, data_cfg)  # noqa: E731
+        feeds = make_feeds(resolve_config(recipe.data.get("validate"))["data"])
+    ccs = recipe.data["build"]["compute_capabilities"] if backend.name == "tensorrt_rtx" else []
+    model, stats = apply_precision(model, recipe.data["precision"], compute_capabilities=ccs, data_feeds=feeds,
+                                   locate=recipe.locate, log=ui.detail, recipe_dir=recipe.dir, make_feeds=make_feeds)
+    for name, dtype in (stats.get("io_types_changed") or {}).items():
+        # keep_io_types: false changed a graph input's type: validation data must follow
+        if name in ctx.input_contract:
+            ctx.input_contract[name]["steps"].append({"op": "cast", "to": dtype})
+    kept = len(stats.get("kept_fp32") or {})
+    timings["precision"] = ui.done(f"{cfg['mode']}" + (f", {kept} node(s) kept in fp32" if cfg["mode"] != "fp32" else ""))
+    return model, stats
+
+
+def _final_feeds(recipe, source_path, ctx, final_model, data_cfg):
+    """Feeds for the final model's inputs derived from source-side data through the input contract."""
+    import tempfile
+    from .validate_data import apply_contract, make_source_feeds, model_io
+    src_in, _ = model_io(str(source_path))
+    feeds, _ = make_source_feeds(data_cfg, src_in, ctx.input_contract, base_dir=recipe.dir, locate=recipe.locate)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "final.onnx"
+        onnx.save_model(final_model, str(path))
+        fin_in, _ = model_io(str(path))
+    return [apply_contract(f, ctx.input_contract, fin_in) for f in feeds]
+
+
+def _ort_twin(model, precision, staging):
+    """What ONNX Runtime runs for validation when it cannot run the final model as it is."""
+    mode = precision["mode"]
+    if mode in ("fp16", "bf16"):
+        from .precision import emulate_in_fp32
+        path = staging.path(".validate-emulated.onnx")  # not published
+        _save_onnx(emulate_in_fp32(model), path)
+        return {"path": path, "optimize": True,
+                "note": f"{mode} graph run in ONNX Runtime with {mode} rounding emulated in fp32"}
+    if mode == "fp8":
+        return {"path": None, "optimize": False, "note": "fp8 Q/DQ run with ONNX Runtime optimizations off"}
+    return None
+
+
+def _validate(recipe, options, ui, source_path, final_path, ctx, backend, plan_path, timings, ort_twin):
     if not options.validate:
         ui.stage("validate")
         timings["validate"] = ui.done("skipped (--no-validate)")
@@ -112,11 +162,15 @@ def _validate(recipe, options, ui, source_path, final_path, ctx, backend, plan_p
             str(source_path), str(final_path), recipe.data.get("validate"), precision=recipe.data["precision"],
             input_contract=ctx.input_contract, output_map=ctx.output_map, postprocess=ctx.postprocess,
             plan_path=str(plan_path) if plan_path else None, backend=backend, locate=recipe.locate,
-            log=ui.detail, base_dir=recipe.dir, compute_capabilities=recipe.data["build"]["compute_capabilities"])
+            log=ui.detail, base_dir=recipe.dir, compute_capabilities=recipe.data["build"]["compute_capabilities"],
+            final_ort_path=str(ort_twin["path"]) if ort_twin and ort_twin["path"] else None,
+            final_ort_optimize=ort_twin["optimize"] if ort_twin else True)
     except ValidationError as err:
         if getattr(err, "result", None):
             print_table(err.result, ui.out)
         raise
+    if ort_twin:
+        result["final_ort_note"] = ort_twin["note"]
     if not ui.quiet:
         print_table(result, ui.out)
     timings["validate"] = ui.done(result["status"])

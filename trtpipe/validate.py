@@ -44,7 +44,7 @@ def resolve_config(validate_cfg):
 
 def validate_models(source_model_path, final_model_path, validate_cfg, *, precision, input_contract,
                     output_map, postprocess, plan_path=None, backend=None, locate=None, log=None,
-                    base_dir=None, compute_capabilities=None):
+                    base_dir=None, compute_capabilities=None, final_ort_path=None, final_ort_optimize=True):
     """Compare source and final model (and engine, detections). Returns a JSON-able dict; raises
     ValidationError (with the dict as `.result`) when a comparison fails."""
     cfg = resolve_config(validate_cfg)
@@ -68,7 +68,9 @@ def validate_models(source_model_path, final_model_path, validate_cfg, *, precis
     src_run = _run(source_model_path, SOURCE, feeds, list(src_out) + inner if inner else None)
     inner_values = [{t: it[t] for t in inner} for it in list(src_run.values())[0]]
     final_feeds = [apply_contract({**f, **v}, contract, fin_in) for f, v in zip(feeds, inner_values)]
-    fin_run = _run(final_model_path, FINAL, final_feeds)
+    # `final_ort_path`: what ONNX Runtime runs for the final model when it cannot run the model
+    # itself (bf16/fp16 emulated in fp32: ORT's CPU kernels lack bf16 Conv and compute fp16 in fp32).
+    fin_run = _run(final_ort_path or final_model_path, FINAL, final_feeds, optimize=final_ort_optimize)
 
     tol_for = lambda name, source_name=None: _tolerance(cfg, tolerances, name, source_name)  # noqa: E731
     omap = {**(output_map or {}), **cfg["output_map"]}
@@ -110,14 +112,18 @@ def _check_names(cfg, src_out, fin_out, where):
                                   f"source model {list(src_out)}{_near(source, src_out)}")
 
 
-def _run(model_path, name, feeds, outputs=None):
+def _run(model_path, name, feeds, outputs=None, optimize=True):
     model = str(model_path)
     if outputs:  # also read inner tensors (Polygraphy marks them as outputs)
         from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
         model = BytesFromOnnx(ModifyOutputs(OnnxFromPath(model), outputs=outputs))
     try:
         with _quiet():
-            return Comparator.run([OnnxrtRunner(SessionFromOnnx(model), name=name)], data_loader=feeds)
+            # fp8 Q/DQ: ORT's optimizer would fuse them into QLinearConv, which has no fp8 kernel.
+            import onnxruntime
+            level = None if optimize else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return Comparator.run([OnnxrtRunner(SessionFromOnnx(model, graph_optimization_level=level), name=name)],
+                                  data_loader=feeds)
     except Exception as err:  # ORT or Polygraphy: name the model, keep the cause
         raise ValidationError(f"{name}: ONNX Runtime could not run {model_path}: {type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0] if str(err).strip() else err}") from err
