@@ -108,3 +108,54 @@ def test_third_party_pass_through_entry_point(tmp_path, monkeypatch):
     assert info is not None and info.summary == "Do nothing, loudly."
     assert info.schema["properties"]["level"]["default"] == 1
     sys.modules.pop("acme_passes", None)
+
+
+@pytest.fixture
+def perturbing_pass(monkeypatch):
+    """A deliberately wrong pass (test-only): scales one Conv weight of the graph by 1.5."""
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+
+    @registry.register_pass("perturb_weight", schema={"type": "object", "additionalProperties": False,
+                                                      "properties": {"node": {"type": "string"}}})
+    def perturb_weight(graph, params, ctx):
+        """Scale a Conv's weights (a bug a pass could have)."""
+        import onnx_graphsurgeon as gs
+        conv = next(n for n in graph.nodes if n.name == params["node"])
+        weight = conv.inputs[1]
+        conv.inputs[1] = gs.Constant(weight.name + "_perturbed", weight.values * 1.5)
+        return graph
+    return perturb_weight
+
+
+def test_wrong_pass_is_caught_by_validation(tmp_path, run_cli, perturbing_pass, tiny_onnx):
+    recipe = write_recipe(tmp_path / "r.yaml", """
+        name: wrong
+        source:
+          onnx: tiny.onnx
+        passes:
+          - pass: perturb_weight
+            params: {node: conv}
+        output:
+          dir: out
+        """)
+    code, out, err = run_cli(recipe)
+    assert code == 6, err
+    assert "'y'" in err or " y" in err  # the failing output is named
+    assert "atol" in err or "tolerance" in err
+    assert not list(tmp_path.rglob("*.plan")) and not (tmp_path / "out" / "report.json").exists()
+
+
+def test_no_validate_is_recorded(tmp_path, run_cli, tiny_onnx):
+    recipe = write_recipe(tmp_path / "r.yaml", """
+        name: novalidate
+        source:
+          onnx: tiny.onnx
+        output:
+          dir: out
+        """)
+    code, _, err = run_cli(recipe, "--no-validate")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["options"]["validate"] is False
+    assert report["validation"]["status"] == "skipped" and "--no-validate" in report["validation"]["reason"]
+    assert "--no-validate" in (tmp_path / "out" / "report.md").read_text()
