@@ -10,7 +10,6 @@ import contextlib
 import difflib
 import os
 import re
-import sys
 import tempfile
 import textwrap
 import threading
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from . import plugins as plugin_mod
+from .build_errors import build_failure, grab_stderr, parser_failure
 from .backend import rtx_supported_ccs
 from .errors import BuildError, OutputError, RecipeError
 
@@ -86,7 +86,7 @@ def build_plan(model_path, build_cfg, backend, *, locate=None, progress=None, lo
         if monitor is not None and monitor.error is not None:
             raise monitor.error
         if serialized is None:
-            raise _build_failure(cap, network, model, backend, ccs)
+            raise build_failure(cap, network, model, backend, ccs)
         plan = bytes(memoryview(serialized))
         del parser
         if cfg["timing_cache"]:
@@ -114,10 +114,10 @@ def _parse(backend, builder, cap, model_path, cfg, locate, log):
 
     log(f"parsing {os.path.basename(model_path)}")
     cap.reset()
-    with _grab_stderr() as printed:
+    with grab_stderr() as printed:
         parsed = parser.parse_from_file(model_path)  # from the file: external data next to it works
     if not parsed:
-        raise BuildError(_parser_failure(parser, model, model_path, cap, printed.get("text", "")))
+        raise BuildError(parser_failure(parser, model, model_path, cap, printed.get("text", "")))
     notes = [ln for ln in printed.get("text", "").splitlines() if ln.strip()]
     return network, parser, model, notes
 
@@ -417,104 +417,3 @@ def _save_timing_cache(backend, config, path, locate, log):
         raise OutputError(f"{_where(locate, ('build', 'timing_cache'))}cannot write timing cache "
                           f"{path}: {exc}") from None
     log(f"timing cache {path}: saved {len(blob)} bytes")
-
-
-# --- failures --------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _grab_stderr():
-    """The parser prints some details (e.g. "Unsupported ONNX data type: STRING (8)") straight to
-    the process's stderr instead of the logger: catch them so they reach the error message."""
-    out = {}
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        saved = None
-    if saved is None:
-        yield out
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            out["text"] = tmp.read().decode(errors="replace")
-
-
-def _parser_failure(parser, model, model_path, cap, printed=""):
-    nodes = list(model.graph.node)
-    lines = [f"the ONNX parser rejected {model_path} ({parser.num_errors} error(s)):"]
-    for i in range(parser.num_errors):
-        err = parser.get_error(i)
-        idx = _call(err, "node", -1)
-        node = nodes[idx] if isinstance(idx, int) and 0 <= idx < len(nodes) else None
-        name = _call(err, "node_name", "") or (node.name if node is not None else "")
-        op = _call(err, "node_operator", "") or (node.op_type if node is not None else "")
-        code = str(_call(err, "code", "")).split(".")[-1]
-        where = f"node '{name or '?'}' ({op or '?'}, node index {idx})" if idx != -1 else "model"
-        lines.append(f"  - {where}: {_clean_desc(_call(err, 'desc', ''))} [{code}]")
-    # The log adds detail (e.g. the offending data type) but also repeats the errors: keep the new lines.
-    said = "\n".join(lines)
-    details = [d for d in (_strip_src(e) for e in cap.error_list()
-                           if not re.search(r"--- (Begin|End) node|While parsing node", e))
-               if _clean_desc(d.split("] ", 1)[-1]) not in said]
-    details += [ln.strip() for ln in printed.splitlines() if ln.strip()]
-    if details:
-        lines.append("  parser log:")
-        lines += [f"    {d}" for d in details[:10]]
-    return "\n".join(lines)
-
-
-def _call(obj, attr, default):
-    fn = getattr(obj, attr, None)
-    try:
-        return fn() if callable(fn) else default
-    except Exception:
-        return default
-
-
-def _clean_desc(desc):
-    # Parser messages are C++ assertions: `cond && "human text"`; the quoted text is the message.
-    m = re.search(r'&&\s*"(.+)"\s*$', desc or "")
-    # Adjacent C++ literals ("a " "b") survive stringification; join them.
-    return re.sub(r'"\s+"', "", m.group(1)) if m else (desc or "no description")
-
-
-def _strip_src(msg):
-    return re.sub(r"^\S+\.cpp:\d+:\s*(ERROR:\s*)?", "", msg.strip()).replace("\n", " ")
-
-
-def _build_failure(cap, network, model, backend, ccs):
-    errors = cap.error_list() or ["(the builder logged no error message)"]
-    layers = _layer_origins(network, model)
-    lines = [f"backend {backend.label} could not build the network"
-             + (f" for compute capability {', '.join(ccs)}" if ccs else "") + ":"]
-    for msg in errors[:10]:
-        named = [name for name in layers
-                 if name in msg and re.search(rf"(?<![\w/.]){re.escape(name)}(?![\w/.])", msg)]
-        for name in named[:3]:
-            ltype, node, op = layers[name]
-            lines.append(f"  - layer '{name}' ({ltype}) from ONNX node '{node}' ({op}):")
-        lines.append(f"    {msg.strip()}")
-    hint = None
-    if any("no runners" in e for e in errors):
-        hint = (f"{backend.label} has no implementation of that layer for these targets; move the op out of "
-                "the engine with a graph-surgery pass (e.g. NMS as post-processing) or use another backend")
-    return BuildError("\n".join(lines), hint=hint)
-
-
-def _layer_origins(network, model):
-    """Layer name -> (layer type, ONNX node name, ONNX op), from the parser's layer metadata."""
-    ops = {n.name: n.op_type for _, n in plugin_mod.iter_nodes(model.graph)}
-    out = {}
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        m = re.search(r"\[ONNX Layer: ([^\]]+)\]", getattr(layer, "metadata", "") or "")
-        if m and layer.name:
-            node = m.group(1)
-            out[layer.name] = (str(layer.type).split(".")[-1], node, ops.get(node, "?"))
-    return out
