@@ -231,19 +231,12 @@ def _image_input(source_inputs, where):
 
 
 def _decode(path, size, channels):
-    """Pillow when installed, else TensorFlow (a dependency of SavedModel conversion)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        Image = None
-    if Image is not None:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32)
-        return arr[..., None] if channels == 1 else arr
-    import tensorflow as tf
-    img = tf.io.decode_image(Path(path).read_bytes(), channels=channels, expand_animations=False)
-    return tf.image.resize(tf.cast(img, tf.float32), size, method="bilinear").numpy()
+    """Decode and resize with Pillow (a dependency): one decoder, so data is the same everywhere."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32)
+    return arr[..., None] if channels == 1 else arr
 
 
 def apply_contract(source_feed, contract, final_inputs):
