@@ -5,6 +5,7 @@ An ONNX file is loaded with its external data; a TF SavedModel is converted in-p
 types its opset does not define (tf2onnx leaves TF ops it cannot convert in place and carries on)
 and by onnx.checker, so later stages get an ONNX graph, not a half-converted one.
 """
+import collections.abc
 import contextlib
 import difflib
 import functools
@@ -218,7 +219,7 @@ def _check_model(model, path, where, what, hint, unconverted, log, timings):
     t = time.perf_counter()
     _check_ops(model, where, what, hint, unconverted)
     try:
-        with _relaxed_for_checker(model) as relaxed:
+        with relaxed_for_checker(model) as relaxed:
             if path and not relaxed:
                 onnx.checker.check_model(path)      # path form: copes with external data and > 2 GB
             elif model.ByteSize() < _PROTO_LIMIT:
@@ -231,7 +232,7 @@ def _check_model(model, path, where, what, hint, unconverted, log, timings):
 
 
 @contextlib.contextmanager
-def _relaxed_for_checker(model):
+def relaxed_for_checker(model):
     """Relax onnx.checker (in place, undone on exit; no copy of the weights) for what TensorRT and
     the ONNX IR accept and the checker does not:
     - TensorRT plugin nodes: `*_TRT` ops in the default domain, or custom domains without an opset
@@ -355,7 +356,7 @@ def _tf2onnx(tf, path, tags, cfg, locate, collected):
     if large:
         _numpy_compat()
     try:
-        with tf.device("/cpu:0"):
+        with tf.device("/cpu:0"), _ordered_sets():
             # _convert_common, as the CLI, not the public from_graph_def: that one re-freezes the graph,
             # drops initialized_tables (hash tables then stay unconverted) and forces continue_on_error.
             return convert._convert_common(
@@ -371,6 +372,94 @@ def _tf2onnx(tf, path, tags, cfg, locate, collected):
         collected.errors.clear()        # now in the message: not replayed as well
         raise SourceError(f"{_loc(locate, 'saved_model')}: tf2onnx could not convert {path} at opset {opset}: "
                           f"{err}{context}", hint="try another `source.opset`, or change that node") from err
+
+
+class _OrderedSet(collections.abc.MutableSet):
+    """A set that iterates in insertion order (a dict underneath)."""
+    __slots__ = ("_d",)
+    __hash__ = None
+
+    def __init__(self, items=()):
+        self._d = dict.fromkeys(items)
+
+    def __contains__(self, x):
+        return x in self._d
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self):
+        return len(self._d)
+
+    def __repr__(self):
+        return f"{{{', '.join(map(repr, self._d))}}}"
+
+    def __reduce__(self):   # deepcopy (tf2onnx's optimizer copies the graph) keeps the order
+        return _OrderedSet, (list(self._d),)
+
+    def add(self, x):
+        self._d[x] = None
+
+    def discard(self, x):
+        self._d.pop(x, None)
+
+    def update(self, *others):
+        for other in others:
+            self._d.update(dict.fromkeys(other))
+
+    def union(self, *others):
+        out = _OrderedSet(self._d)
+        out.update(*others)
+        return out
+
+    def intersection(self, *others):
+        out = _OrderedSet(self._d)
+        for other in others:
+            other = other if isinstance(other, (collections.abc.Set, dict)) else frozenset(other)
+            out = _OrderedSet(x for x in out if x in other)
+        return out
+
+    def difference(self, *others):
+        out = _OrderedSet(self._d)
+        for other in others:
+            for x in other:
+                out.discard(x)
+        return out
+
+    def issubset(self, other):
+        return all(x in other for x in self._d)
+
+    def issuperset(self, other):
+        return all(x in self._d for x in other)
+
+    def copy(self):
+        return _OrderedSet(self._d)
+
+
+@contextlib.contextmanager
+def _ordered_sets():
+    """Make tf2onnx's output independent of the process (same SavedModel -> same ONNX bytes).
+
+    tf2onnx iterates Python sets while it rewrites and optimizes: sets of Node objects (ordered by
+    memory address, e.g. TransposeOptimizer's `set(node.inputs)`) and of tensor names (ordered by
+    the per-process string hash, Graph._output_to_consumers). That order decides which of several
+    equal constants MergeDuplicatedNodes keeps and which `const_fold_opt__N` name a folded weight
+    gets, so two processes gave different graphs (onnx/tensorflow-onnx#1789, #2006). During the
+    conversion every tf2onnx module's `set` is an insertion-ordered set: same input, same
+    sequence of operations, same order, whatever the addresses or PYTHONHASHSEED."""
+    mods = [m for n, m in list(sys.modules.items())
+            if m is not None and (n == "tf2onnx" or n.startswith("tf2onnx."))]
+    own = {n.__name__: n.__dict__["set"] for n in mods if "set" in n.__dict__}
+    for mod in mods:
+        mod.set = _OrderedSet
+    try:
+        yield
+    finally:
+        for mod in mods:
+            if mod.__name__ in own:
+                mod.set = own[mod.__name__]
+            else:
+                mod.__dict__.pop("set", None)
 
 
 def _numpy_compat():

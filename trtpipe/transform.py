@@ -21,9 +21,11 @@ def op_histogram(model):
 
 def check_model(model, what):
     """onnx.checker + shape inference; raises PassError naming `what` on failure."""
+    from .source import relaxed_for_checker  # plugin ops and shapeless I/O, as in the source stage
     try:
         if model.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(model)
+            with relaxed_for_checker(model):
+                onnx.checker.check_model(model)
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise PassError(f"{what} produced an invalid ONNX graph: {_first_line(err)}")
