@@ -11,12 +11,16 @@ What it covers, in the order a run would hit it:
   (e.g. `nms: efficient_nms` needs the EfficientNMS_TRT plugin, which TensorRT-RTX lacks);
 * with `check --format`, that the file is canonically formatted (`python pipeline.py fmt`).
 
+Backend problems that depend on the machine (`backend: auto`, or a backend not installed here)
+can be downgraded to warnings (`check --warn-backend`) on CI machines without the target backend.
+
 Messages are the ones a run prints (`file:line:col: key.path: message`): the recipe errors come
 from the same loader, the pass prechecks are the same functions a run calls first, and the
 source messages use the source stage's wording. Nothing here imports TensorFlow, converts or
 builds, so a folder of recipes takes about a second.
 """
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ class CheckResult:
     path: str
     problems: list = field(default_factory=list)   # messages, each `file:line:col: key.path: ...`
     notes: list = field(default_factory=list)      # context for the problems (e.g. what `auto` chose)
+    warnings: list = field(default_factory=list)   # backend problems of this machine (--warn-backend)
     backend: str = None                            # e.g. "tensorrt_rtx 1.7.1"
 
     @property
@@ -111,8 +116,9 @@ def check_data_files(recipe):
             continue
         if isinstance(cfg.get("npz"), str):
             path = resolve_path(cfg["npz"], recipe.dir)
-            if not os.path.isfile(path):
-                problems.append(f"{_where(recipe, place + ('npz',))}: no such .npz file {path}")
+            if not os.path.isfile(path):  # worded as the validation stage words it when np.load fails
+                reason = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+                problems.append(f"{_where(recipe, place + ('npz',))}: cannot read {path}: {reason}")
         images = cfg.get("images")
         if isinstance(images, dict) and isinstance(images.get("dir"), str):
             path = resolve_path(images["dir"], recipe.dir)
@@ -121,15 +127,18 @@ def check_data_files(recipe):
     return problems
 
 
-def check_precision(recipe):
-    """What the precision stage refuses before touching the model (its own functions, its messages)."""
+def check_precision(recipe, backend=None):
+    """What the precision stage refuses before touching the model (its own functions, its messages).
+    Compute capabilities are checked against the precision when they apply (TensorRT-RTX), as in a run."""
     try:
         from . import precision
     except ImportError:  # the precision stage is optional for check
         return []
     try:
         cfg = precision.normalize(recipe.data.get("precision"), recipe.locate)
-        precision.check_targets(cfg["mode"], recipe.data["build"]["compute_capabilities"], recipe.locate)
+        rtx = backend is None or backend.name == "tensorrt_rtx"
+        ccs = recipe.data["build"]["compute_capabilities"] if rtx else []
+        precision.check_targets(cfg["mode"], ccs, recipe.locate)
         if cfg["mode"] == "int8" and cfg.get("method") == "distribution":
             raise RecipeError(f"{recipe.locate(('precision', 'method'))}: precision.method: 'distribution' is "
                               f"ONNX Runtime's float8 calibrator; int8 takes minmax, entropy or percentile")
@@ -138,33 +147,65 @@ def check_precision(recipe):
     return []
 
 
-def check_backend(recipe):
-    """(problems, backend label, notes): pass prechecks against the backend a run would use here."""
+def resolve(recipe):
+    """(backend, None) for the backend a run would use here, or (None, problem message)."""
     from .backend import resolve_backend
-    where = _where(recipe, ("build", "backend"))
     try:
-        backend = resolve_backend(recipe.data["build"]["backend"])
+        return resolve_backend(recipe.data["build"]["backend"]), None
     except PipelineError as err:
-        return [f"{where}: {err}"], None, []
+        return None, f"{_where(recipe, ('build', 'backend'))}: {err}"
+
+
+def check_backend(recipe, backend=None):
+    """(problems, notes): every enabled pass's precheck against the backend a run would use here."""
+    if backend is None:
+        backend, problem = resolve(recipe)
+        if backend is None:
+            return [problem], []
     ctx = registry.PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
                                recipe_dir=recipe.dir, plugin_libraries=recipe.data["build"]["plugins"])
     problems = [str(err) for err in precheck_passes(recipe, ctx)]
     notes = []
     if problems and recipe.data["build"]["backend"] == "auto":
-        notes.append(f"{where}: `auto` resolves to {backend.label} on this machine; the checks above "
-                     f"are against that backend")
-    return problems, backend.label, notes
+        notes.append(f"{_where(recipe, ('build', 'backend'))}: `auto` resolves to {backend.label} on this "
+                     f"machine; the checks above are against that backend")
+    return problems, notes
 
 
-def check_recipe(path, check_format=False):
+def all_problems(recipe):
+    """(problems, notes, backend) for a loaded recipe: everything below the loader's own checks."""
+    problems, backend_problems, notes, backend, _ = _collect(recipe)
+    return problems + backend_problems, notes, backend
+
+
+def _collect(recipe):
+    backend, problem = resolve(recipe)
+    problems = check_sources(recipe) + check_plugins(recipe) + check_data_files(recipe)
+    problems += check_precision(recipe, backend)
+    notes, backend_problems = [], []
+    if backend is None:
+        backend_problems.append(problem)
+    else:
+        backend_problems, notes = check_backend(recipe, backend)
+    # whether the backend problems depend on this machine: `auto` picks what is installed, and a
+    # named backend that is not installed here may well be where the recipe is built
+    machine = recipe.data["build"]["backend"] == "auto" or backend is None
+    return problems, backend_problems, notes, backend, machine
+
+
+def check_recipe(path, check_format=False, warn_backend=False):
     """CheckResult for one recipe. A recipe that does not load (YAML, schema, passes, profiles)
-    raises RecipeError with every such problem in it, exactly as a run would."""
+    raises RecipeError with every such problem in it, exactly as a run would.
+
+    warn_backend: backend problems that depend on this machine (`backend: auto`, or a backend not
+    installed here) become warnings instead of problems, for CI machines without the target backend."""
     recipe = load_recipe(path)
-    result = CheckResult(str(path))
-    result.problems += check_sources(recipe) + check_plugins(recipe) + check_data_files(recipe)
-    result.problems += check_precision(recipe)
-    problems, result.backend, result.notes = check_backend(recipe)
-    result.problems += problems
+    problems, backend_problems, notes, backend, machine = _collect(recipe)
+    result = CheckResult(str(path), problems=problems, notes=notes, backend=backend.label if backend else None)
+    if warn_backend and machine:
+        result.warnings = backend_problems
+    else:
+        result.problems += backend_problems
     if check_format:
         result.problems += check_formatting(path, recipe.text)
     return result

@@ -66,7 +66,8 @@ def param_rows(schema, prefix=""):
 
 def _nested(sub, full):
     rows = []
-    if sub.get("properties") or any(isinstance(sub.get(b), dict) and sub[b].get("properties") for b in ("then", "else")):
+    branches = [sub] + [sub[b] for b in ("then", "else") if isinstance(sub.get(b), dict)]
+    if any(b.get("properties") for b in branches):
         rows += param_rows(sub, full + ".")
     items = sub.get("items")
     if isinstance(items, dict) and items.get("properties"):
@@ -79,8 +80,9 @@ def _nested(sub, full):
 
 def _table(rows, first="parameter"):
     lines = [f"| {first} | type | default | description |", "|---|---|---|---|"]
-    lines += [f"| `{n}`{' (required)' if r else ''} | {_cell(t)} | {('`' + _cell(d) + '`') if d else ''} | {_cell(desc)} |"
-              for n, t, d, r, desc in rows]
+    for n, t, d, r, desc in rows:
+        default = f"`{_cell(d)}`" if d else ""
+        lines.append(f"| `{n}`{' (required)' if r else ''} | {_cell(t)} | {default} | {_cell(desc)} |")
     return lines
 
 

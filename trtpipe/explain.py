@@ -56,11 +56,8 @@ def _backend(recipe):
 
 
 def _problems(recipe):
-    from . import checks
-    problems = checks.check_sources(recipe) + checks.check_plugins(recipe) + checks.check_data_files(recipe)
-    problems += checks.check_precision(recipe)
-    problems += checks.check_backend(recipe)[0]
-    return problems
+    from .checks import all_problems
+    return all_problems(recipe)[0]
 
 
 # ------------------------------------------------------------------------------ resolved recipe
@@ -292,7 +289,8 @@ def _validate_text(recipe, backend):
 def _build_text(build, backend, backend_error):
     if backend is None:
         return f"cannot build here: {backend_error}"
-    text = f"{backend.name} {backend.version}, workspace {build['workspace']}, optimization level {build['optimization_level']}"
+    text = (f"{backend.name} {backend.version}, workspace {build['workspace']}, "
+            f"optimization level {build['optimization_level']}")
     if backend.is_rtx:
         text += f", ahead of time for compute capability {', '.join(build['compute_capabilities'])}"
     else:

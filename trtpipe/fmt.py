@@ -14,7 +14,8 @@ reordered data without comments, and put each comment back next to its key:
   re-indented to it; comments before the first key are the file header (e.g. the
   `# yaml-language-server: $schema=...` line) and stay at the top;
 * a comment indented deeper than the key that follows closes the block above it (typically a
-  commented-out last entry) and stays at the end of that block;
+  commented-out last entry) and stays at the end of that block, unless it sits between a key and
+  its first entry, which it then introduces;
 * an end-of-line comment stays on the line of its key, with its original spacing.
 
 The result is checked to load to exactly the same data as the input, so formatting can never
@@ -65,6 +66,8 @@ def format_text(text, filename="<recipe>"):
     again, _ = load_yaml_with_marks(result, str(filename))
     if again != data:  # a formatter bug must never silently change a recipe
         raise RuntimeError(f"{filename}: formatting would change the recipe's data; file left unchanged")
+    if _Comments(result).texts() != layout.texts():  # ... nor drop a comment
+        raise RuntimeError(f"{filename}: formatting would lose or duplicate a comment; file left unchanged")
     return result
 
 
@@ -274,10 +277,19 @@ class _Comments:
             if block:
                 self._place(block, slots, slot_lines)
                 block = []
-            if line is not None and n not in tree.inside:
+            # a line inside a multi-line scalar can only hold a comment after the scalar's end
+            if line is not None and (n not in tree.inside or n in tree.ends):
                 found = tree.eol_comment(n, line)
                 if found:
                     self._place_eol(n, found, slots)
+
+    def texts(self):
+        """Every comment's text, sorted (formatting must keep exactly these)."""
+        found = [t for t in self.header + self.trailer if t.lstrip().startswith("#")]
+        for group in (self.before, self.tails):
+            found += [t for block in group.values() for t in block if t]
+        found += [c for _, c in self.eol.values()]
+        return sorted(t.strip() for t in found)
 
     def _next_slot(self, line, slots, slot_lines):
         i = bisect.bisect_right(slot_lines, line)
@@ -297,12 +309,13 @@ class _Comments:
         if tail:
             start, col = tail[0][0], next(c for _, c, t in tail if t)
             prev = [s for s in slots if s.line < start and s.col <= col]
-            if prev:
-                p = prev[-1]
+            p = prev[-1] if prev else None
+            if p is None or (nxt and nxt.path[:len(p.path)] == p.path):
+                # between a key and its first entry: it introduces that entry, whatever its indentation
+                tail, rest = [], block
+            else:
                 target = p.path[:-1] if p.col == col else p.path
                 self.tails.setdefault(target, []).extend(t for _, _, t in tail)
-            else:
-                self.header.extend(t for _, _, t in tail)
         if rest:
             if nxt:
                 self.before.setdefault(nxt.path, []).extend(t for _, _, t in rest)
@@ -328,12 +341,16 @@ class _Comments:
         above = {i: [] for i in range(len(lines) + 1)}
         below = {i: [] for i in range(len(lines))}
         trailer = list(self.trailer)
+        line_col = {}  # column of the outermost entry starting on each line
+        for slot in out_tree.slots.values():
+            line_col[slot.line] = min(line_col.get(slot.line, slot.col), slot.col)
         for path in sorted(self.before, key=len):  # outer entries' comments above inner ones'
             slot = out_tree.slots.get(path)
             if slot is None:
                 trailer += self.before[path]
                 continue
-            above[slot.line] += [" " * slot.col + t if t else "" for t in self.before[path]]
+            col = line_col[slot.line]
+            above[slot.line] += [" " * col + t if t else "" for t in self.before[path]]
         for path in sorted(self.tails, key=len, reverse=True):  # inner blocks close first
             if path in out_tree.last or path == ():
                 last = out_tree.last.get(path, len(lines) - 1)

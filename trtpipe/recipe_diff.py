@@ -27,7 +27,6 @@ build -> publish`. A change re-runs its stage and every stage downstream of it:
 import copy
 import dataclasses
 import difflib
-import json
 import os
 
 import yaml
@@ -76,7 +75,7 @@ def _pass_info(name):
     return registry.get(name) if isinstance(name, str) else None
 
 
-def normalized(raw, base_dir=None):
+def normalized(raw):
     """Recipe data as a run sees it (defaults filled); tolerant of recipes that do not validate."""
     raw = raw if isinstance(raw, dict) else {}
     data = fill_defaults(copy.deepcopy(raw), load_schema("recipe.schema.json"))
@@ -173,7 +172,7 @@ def diff_recipes(old_raw, new_raw, old_dir=None, new_dir=None):
     """Diff two recipes as parsed from YAML (plain data). Directories resolve relative paths."""
     old_raw = old_raw if isinstance(old_raw, dict) else {}
     new_raw = new_raw if isinstance(new_raw, dict) else {}
-    old, new = normalized(old_raw, old_dir), normalized(new_raw, new_dir)
+    old, new = normalized(old_raw), normalized(new_raw)
     ctx = {"dirs": (old_dir, new_dir) if old_dir and new_dir else None}
     schema_order = list(load_schema("recipe.schema.json")["properties"])
     keys = sorted(set(old) | set(new), key=lambda k: (schema_order.index(k) if k in schema_order else 99, str(k)))
@@ -294,8 +293,11 @@ def _diff_passes(old, new, old_raw, new_raw):
         label = f"passes[{j}] {b.get('pass')}"
         live = a.get("enabled", True) or b.get("enabled", True)
         if (i, j) in moved:
+            # the first pass whose input differs: the moved one, or the one now where it was
+            first = min(j, where_removed(i))
             events.append(((j, 0), Change("passes", "moved", label, f"from passes[{i}], {_neighbours(new, j)}",
-                                          ("passes", j) if live else None)))
+                                          ("passes", first) if live and first < len(new) else
+                                          ("precision" if live else None))))
         for path, va, vb in _item_changes(a, b):
             raw_a = raw_old[i] if i < len(raw_old) and isinstance(raw_old[i], dict) else {}
             raw_b = raw_new[j] if j < len(raw_new) and isinstance(raw_new[j], dict) else {}
@@ -380,15 +382,21 @@ def downstream(start, n, validate_enabled=True):
 def compress(labels):
     """['passes[2]', 'passes[3]', 'passes[4]'] -> ['passes[2..4]']."""
     out, run = [], []
-    for label in labels + [None]:
-        if label and label.startswith("passes["):
-            run.append(int(label[7:-1]))
-            continue
+
+    def flush():
         if run:
             out.append(f"passes[{run[0]}]" if len(run) == 1 else f"passes[{run[0]}..{run[-1]}]")
-            run = []
-        if label:
-            out.append(label)
+            run.clear()
+    for label in labels:
+        if label.startswith("passes["):
+            index = int(label[7:-1])
+            if run and index != run[-1] + 1:
+                flush()
+            run.append(index)
+            continue
+        flush()
+        out.append(label)
+    flush()
     return out
 
 

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from .cli import command, guarded
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_RECIPE, EXIT_USAGE, PipelineError, RecipeError
+from .errors import EXIT_OK, EXIT_RECIPE, EXIT_USAGE, PipelineError, RecipeError
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = {"passes.md": "passes_md", "recipe.md": "recipe_md"}
@@ -41,6 +41,8 @@ CHECK_EPILOG = textwrap.dedent("""\
       - backend compatibility: each enabled pass's precheck against the backend a run would use on
         this machine (e.g. nms efficient_nms needs EfficientNMS_TRT, which TensorRT-RTX lacks)
       - with --format: the file is as `python pipeline.py fmt` writes it
+    backend checks use the backend a run would use on this machine; --warn-backend turns those
+    that depend on the machine (`backend: auto`, or a backend not installed here) into warnings
 
     messages are the ones a run prints: FILE:LINE:COL: key.path: message
 
@@ -57,6 +59,10 @@ def cmd_check(argv):
                         help="recipe files, or directories (their *.yaml / *.yml files are checked)")
     parser.add_argument("--format", action="store_true",
                         help="also fail when a recipe is not canonically formatted (`python pipeline.py fmt`)")
+    parser.add_argument("--warn-backend", action="store_true",
+                        help="report backend problems that depend on this machine (`backend: auto` resolved "
+                             "here, or a backend not installed here) as warnings, not errors: for CI machines "
+                             "without the recipes' target backend")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
@@ -68,7 +74,7 @@ def cmd_check(argv):
         return EXIT_USAGE
     for path in paths:
         try:
-            result = check_recipe(path, check_format=args.format)
+            result = check_recipe(path, check_format=args.format, warn_backend=args.warn_backend)
         except PipelineError as err:
             if args.debug:
                 import traceback
@@ -78,13 +84,16 @@ def cmd_check(argv):
             continue
         for problem in result.problems:
             ui.error(problem, EXIT_RECIPE)
+        for warning in result.warnings:
+            ui.err.print(f"warning (--warn-backend): {warning}", markup=False)
         for note in result.notes:
             ui.err.print(f"  note: {note}", markup=False)
         if result.problems:
             bad += 1
         else:
             from rich.markup import escape
-            ui.info(f"ok {escape(str(path))} [dim]({escape(str(result.backend))})[/]")
+            extra = f"; {len(result.warnings)} backend warning(s)" if result.warnings else ""
+            ui.info(f"ok {escape(str(path))} [dim]({escape(str(result.backend))}{extra})[/]")
     if len(paths) > 1 or bad:
         summary = f"checked {len(paths)} recipe(s): {len(paths) - bad} ok, {bad} with problems"
         (ui.err.print(summary, markup=False) if bad else ui.info(summary))
@@ -164,7 +173,8 @@ def cmd_diff(argv):
                                             "recipe deleted in the working tree; as it was:"))
                 continue
             old, new = _parse(old_text, old_label), _parse(new_text, new_path)
-            outputs.append(render(diff_recipes(old, new, old_dir, Path(new_path).resolve().parent), old_label, new_path))
+            diff = diff_recipes(old, new, old_dir, Path(new_path).resolve().parent)
+            outputs.append(render(diff, old_label, new_path))
         ui.out.print("\n\n".join(outputs), markup=False, highlight=False)
     return guarded(job, ui, args.debug)
 
@@ -196,7 +206,8 @@ def _git_show(rev, path):
     verify = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=cwd,
                             capture_output=True, text=True)
     if verify.returncode:
-        raise RecipeError(f"--git {rev}: not a git revision here (try a branch, tag or commit, e.g. HEAD~1 or origin/main)")
+        raise RecipeError(f"--git {rev}: not a git revision here "
+                          f"(try a branch, tag or commit, e.g. HEAD~1 or origin/main)")
     # `REV:./name` is resolved relative to the working directory, so symlinked checkouts work too
     shown = subprocess.run(["git", "show", f"{rev}:./{path.name}"], cwd=cwd, capture_output=True)
     if shown.returncode:
@@ -276,5 +287,3 @@ def cmd_docs(argv):
         ui.out.print(f"wrote {p.relative_to(REPO)}", markup=False)
     return EXIT_OK
 
-
-__all__ = ["cmd_check", "cmd_explain", "cmd_diff", "cmd_fmt", "cmd_docs", "EXIT_INTERNAL"]
