@@ -34,7 +34,7 @@ def registries(backend, builder, logger):
 def load_libraries(paths, registry, captured_errors, locate=None):
     """Load each plugin library explicitly; a failure names the file and the loader's reason."""
     for i, path in enumerate(paths):
-        where = _where(locate, ("build", "plugins", i))
+        where = _where(locate, ("build", "plugins", i)) + f"build.plugins[{i}]: "
         if not os.path.isfile(path):
             raise BuildError(f"{where}plugin library {path} does not exist")
         if registry.load_library(path) is None:
