@@ -36,6 +36,12 @@ def write_recipe(path, body):
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _stage_cache(tmp_path_factory):
+    """Runs in tests never touch the developer's stage cache (tests that need their own set it)."""
+    os.environ.setdefault("TRTPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("stage-cache")))
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run `python pipeline.py ARGS` in-process; returns (exit code, stdout, stderr)."""

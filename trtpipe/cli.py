@@ -43,13 +43,24 @@ def _main_parser():
               python pipeline.py diff --git REV RECIPE  the same against a git revision
               python pipeline.py fmt [--check] RECIPE...  canonical key order, comments kept
               python pipeline.py docs [--check]         regenerate docs/passes.md, docs/recipe.md
+              python pipeline.py cache info|prune       the stage cache (see README "Cache")
             """),
         epilog=_exit_code_help() + "\n\nRecipe reference: schemas/recipe.schema.json (see docs/).")
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/effdet.yaml")
     parser.add_argument("--no-validate", action="store_true", help="skip validation (recorded in the report)")
     parser.add_argument("-o", "--output-dir", metavar="DIR", help="write artifacts here instead of the recipe's output.dir")
+    parser.add_argument("--force", action="store_true", help="re-run every stage, ignoring cached outputs")
+    parser.add_argument("--from", dest="from_stage", metavar="STAGE",
+                        help="re-run STAGE and every stage after it: source, passes, passes[N] or a pass name, "
+                             "precision, validate, build")
+    _cache_dir_flag(parser)
     _common(parser)
     return parser
+
+
+def _cache_dir_flag(parser):
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="stage cache directory (default: $TRTPIPE_CACHE_DIR, else $XDG_CACHE_HOME/trt-pipeline)")
 
 
 def main(argv=None):
@@ -64,7 +75,8 @@ def main(argv=None):
     def job():
         from .run import RunOptions, run_recipe
         run_recipe(args.recipe, ui, RunOptions(validate=not args.no_validate, debug=args.debug,
-                                                  output_dir=args.output_dir))
+                                                  output_dir=args.output_dir, cache_dir=args.cache_dir,
+                                                  force=args.force, from_stage=args.from_stage))
 
     return guarded(job, ui, args.debug)
 
@@ -106,6 +118,69 @@ def cmd_passes(argv):
         return EXIT_OK
     ui.out.print(pass_names_table(registry.all_passes()))
     ui.out.print("\n`python pipeline.py passes NAME` shows one pass with its parameters.")
+    return EXIT_OK
+
+
+@command("cache")
+def cmd_cache(argv):
+    parser = argparse.ArgumentParser(prog="python pipeline.py cache",
+                                     description="Inspect or prune the stage cache (converted models, pass outputs, "
+                                                 "validation results, plans, timing caches).")
+    sub = parser.add_subparsers(dest="action", required=True)
+    info = sub.add_parser("info", help="location, entries per stage, size")
+    info.add_argument("--verify", action="store_true", help="also check every entry's files (discarding bad ones)")
+    _cache_dir_flag(info)
+    prune = sub.add_parser("prune", help="remove entries (all, or those unused for --older-than)")
+    prune.add_argument("--older-than", metavar="AGE", help="only entries not used for AGE (e.g. 30d, 12h, 90m)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    _cache_dir_flag(prune)
+    args = parser.parse_args(argv)
+    from . import cache
+    from .console import UI
+    ui = UI()
+    root, how = cache.resolve_dir(args.cache_dir)
+    store = cache.Cache(root, warn=ui.warn)
+    if args.action == "info":
+        return _cache_info(ui, store, how, args.verify)
+    try:
+        age = cache.parse_age(args.older_than) if args.older_than else None
+    except ValueError as err:
+        ui.error(f"--older-than: {err}", EXIT_USAGE)
+        return EXIT_USAGE
+    if not (root / "entries").is_dir():
+        ui.out.print(f"cache {root} ({how}) is empty")
+        return EXIT_OK
+    count, freed = store.prune(age, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    scope = f" unused for {args.older_than}" if args.older_than else ""
+    ui.out.print(f"{verb} {count} entr{'y' if count == 1 else 'ies'}{scope} ({freed / 2**20:.1f} MiB) from {root}")
+    return EXIT_OK
+
+
+def _cache_info(ui, store, how, verify):
+    import time
+    if not (store.root / "entries").is_dir():
+        ui.out.print(f"cache: {store.root} ({how}): empty")
+        return EXIT_OK
+    problems = store.verify_all() if verify else []
+    data = store.info()
+    when = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"  # noqa: E731
+    ui.out.print(f"cache: {data['dir']} ({how})")
+    total = sum(s["entries"] for s in data["stages"].values())
+    ui.out.print(f"  {total} entries, {data['bytes'] / 2**20:.1f} MiB; last used {when(data['newest_use'])}, "
+                 f"least recently used {when(data['oldest_use'])}")
+    for kind, s in sorted(data["stages"].items()):
+        ui.out.print(f"  {kind:<10} {s['entries']:>5} entries  {s['bytes'] / 2**20:>9.1f} MiB")
+    for name in data["timing_caches"]:
+        ui.out.print(f"  timing cache {name}")
+    if data["temporary"]:
+        ui.out.print(f"  {len(data['temporary'])} temporary entr{'y' if len(data['temporary']) == 1 else 'ies'} "
+                     "(being written, or left by a killed run: the next run removes those)")
+    if verify:
+        for p in problems:
+            ui.warn(p)
+        verdict = "all entries intact" if not problems else f"{len(problems)} bad entries discarded"
+        ui.out.print(f"  verified: {verdict}")
     return EXIT_OK
 
 

@@ -32,7 +32,7 @@ def make_report(*, recipe, backend, source, pass_stats, build, validation, timin
         "backend": {"name": backend.name, "version": backend.version,
                     "compute_capabilities": build.compute_capabilities},
         "source": {"kind": source.kind, "path": str(source.path), "opset": source.opset,
-                   "nodes": len(source.model.graph.node), "versions": source.versions},
+                   "nodes": _nodes(source), "versions": source.versions},
         "passes": pass_stats,
         "final_ops": ops_final,
         "precision": precision or {"mode": "fp32"},
@@ -45,6 +45,12 @@ def make_report(*, recipe, backend, source, pass_stats, build, validation, timin
                       for name, path in artifacts.items()},
         "options": {"validate": options.validate},
     }
+
+
+def _nodes(source):
+    """Node count of the source model (a cached source stage gives the count, not the model)."""
+    nodes = getattr(source, "nodes", None)
+    return nodes if nodes is not None else len(source.model.graph.node)
 
 
 def write(rep, json_path, md_path):
@@ -113,8 +119,9 @@ def to_markdown(rep):
     lines += [f"| {p['index']} | `{p['pass']}` | {p['nodes_before']} → {p['nodes_after']} | "
               f"{_op_changes(p['ops_before'], p['ops_after'])} | {p['duration_s']:.2f} |" for p in rep["passes"]]
     lines += ["", "## Validation", ""] + _validation_md(rep["validation"])
-    lines += ["", "## Stage times", "", "| stage | s |", "|---|---:|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in rep["timings_s"].items()]
+    cache = (rep.get("cache") or {}).get("summary") or {}
+    lines += ["", "## Stage times", "", "| stage | s | cache |", "|---|---:|---|"]
+    lines += [f"| {k} | {v:.2f} | {cache.get(k, '')} |" for k, v in rep["timings_s"].items()]
     lines += ["", "## Artifacts", "", "| file | bytes | sha256 |", "|---|---:|---|"]
     lines += [f"| `{n}` | {a['size']} | `{a['sha256']}` |" for n, a in rep["artifacts"].items()]
     if rep["build"]["warnings"]:
@@ -126,17 +133,21 @@ def to_markdown(rep):
 
 def summary_table(rep, published):
     table = Table(title=f"{rep['recipe']['name']}: done", header_style="bold")
-    for col in ("stage", "seconds", "artifact", "bytes", "sha256"):
+    for col in ("stage", "seconds", "cache", "artifact", "bytes", "sha256"):
         table.add_column(col, justify="right" if col in ("seconds", "bytes") else "left")
     stages = list(rep["timings_s"].items())
+    cache = (rep.get("cache") or {}).get("summary") or {}
     arts = [(name, rep["artifacts"][name]) for name in published if name in rep["artifacts"]]
     for i in range(max(len(stages), len(arts))):
         stage, secs = stages[i] if i < len(stages) else ("", None)
         name, art = arts[i] if i < len(arts) else ("", None)
-        table.add_row(stage, f"{secs:.2f}" if secs is not None else "", name,
+        table.add_row(stage, f"{secs:.2f}" if secs is not None else "", cache.get(stage, ""), name,
                       str(art["size"]) if art else "", art["sha256"][:16] if art else "")
     val = rep["validation"]
     nodes = f"nodes {rep['passes'][0]['nodes_before']} -> {rep['passes'][-1]['nodes_after']}; " if rep["passes"] else ""
-    table.caption = (f"{nodes}validation {val['status']}" + (f" ({val['reason']})" if val.get("reason") else "")
+    states = list(cache.values())
+    reused = (f"all stages cached; " if states and all(s == "cached" for s in states) else
+              f"{sum(s == 'cached' for s in states)} of {len(states)} stages cached; " if states else "")
+    table.caption = (f"{nodes}{reused}validation {val['status']}" + (f" ({val['reason']})" if val.get("reason") else "")
                      + f"; output in {next(iter(published.values())).parent if published else '-'}")
     return table

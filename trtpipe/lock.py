@@ -1,0 +1,108 @@
+"""Inter-process locks on files (flock): one run per recipe at a time, and cache pruning that
+never deletes an entry a running build is reading.
+
+An flock belongs to an open file description, so the kernel drops it when its process dies,
+SIGKILL included: a crashed run never leaves a stale lock behind. `is_abandoned()` uses the same
+property to tell leftovers of dead runs (temporary cache entries, staging directories) from
+directories a live run still owns.
+"""
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are then not serialized (documented in the README)
+    fcntl = None
+
+OWNER_FILE = ".owner.lock"
+
+
+class FileLock:
+    """`with FileLock(path, shared=False, on_wait=callback):` blocks until the lock is held.
+
+    `on_wait(holder)` is called once if the lock is busy, with whatever the holder wrote into the
+    lock file (its pid), so the user learns why nothing happens."""
+
+    def __init__(self, path, shared=False, on_wait=None):
+        self.path = Path(path)
+        self.shared = shared
+        self.on_wait = on_wait
+        self._fd = None
+
+    def acquire(self, blocking=True):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            self._fd = fd
+            return True
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not blocking:
+                os.close(fd)
+                return False
+            if self.on_wait:
+                self.on_wait(_read_holder(fd))
+            fcntl.flock(fd, mode)
+        if not self.shared:  # who holds it, for the next waiter's message
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def _read_holder(fd):
+    try:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
+def own_directory(directory):
+    """Mark `directory` as owned by this process until the returned lock is released (or the
+    process dies). Pair with is_abandoned()."""
+    lock = FileLock(Path(directory) / OWNER_FILE)
+    lock.acquire()
+    return lock
+
+
+def is_abandoned(directory, grace_s=600):
+    """True when no live process owns `directory`: its owner lock can be taken, or it has no owner
+    file and is older than `grace_s` (killed between creating it and locking it)."""
+    owner = Path(directory) / OWNER_FILE
+    if not owner.exists():
+        try:
+            return time.time() - Path(directory).stat().st_mtime > grace_s
+        except OSError:
+            return False
+    probe = FileLock(owner)
+    if probe.acquire(blocking=False):
+        probe.release()
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def held(*locks):
+    """Acquire several locks in order; release in reverse."""
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
