@@ -19,15 +19,10 @@ from .schema_check import load_schema
 
 
 def cache_status(recipe):
-    """Per-stage cache state of `recipe`, or None when there is no stage cache.
-
-    To be filled in by the stage cache: return a dict keyed by the stage labels of
-    `trtpipe.recipe_diff.stage_labels(len(recipe.data["passes"]))` - "source", "passes[0]", ...,
-    "precision", "validate", "build", "publish" - whose values are short texts such as
-    "cached" or "runs (passes[2] params changed)". Stages missing from the dict are shown as
-    "runs". Until then explain says that there is no cache and every stage runs.
-    """
-    return None
+    """Per-stage cache state ("cached", "would run", "skipped") from the stage cache, computed
+    from cache keys without converting or building anything."""
+    from .cache import stage_status
+    return stage_status(recipe)
 
 
 def explain(path):
