@@ -534,11 +534,11 @@ def test_explain_effdet_marks_defaults_and_derived_values(run_cli, in_repo):
     top = [line.split(":")[0] for line in lines[:lines.index("")] if re.match(r"\w", line)]
     assert top == ["name", "description", "source", "passes", "precision", "validate", "build", "output"]
     # the stage plan: every stage, no cache yet
-    assert "stage plan (no stage cache yet: every stage runs)" in lines
+    assert "stage plan (stage cache: `cached` stages are reused, the others run)" in lines
     plan = [line for line in lines if re.match(r"\s*\d+\. ", line)]
     assert [line.split()[1] for line in plan] == ["source"] + [f"passes[{i}]" for i in range(6)] + [
         "precision", "validate", "build", "publish"]
-    assert all(line.split()[2] == "runs" for line in plan)
+    assert all(line.split()[2:4] == ["would", "run"] for line in plan)  # the tests' cache starts empty
     assert "imports TensorFlow" in plan[0] and "nms: Make the NMS" in plan[4]
     assert "effdet.postprocess.onnx" in plan[-1]
     assert "problems" not in out
@@ -546,7 +546,9 @@ def test_explain_effdet_marks_defaults_and_derived_values(run_cli, in_repo):
 
 def test_explain_cache_status_hook(run_cli, in_repo, monkeypatch):
     from trtpipe.recipe import load_recipe
-    assert explain_mod.cache_status(load_recipe("recipes/zoo-resnet50.yaml")) is None
+    status = explain_mod.cache_status(load_recipe("recipes/zoo-resnet50.yaml"))
+    assert list(status) == ["source", "passes[0]", "passes[1]", "precision", "validate", "build", "publish"]
+    assert set(status.values()) <= {"cached", "would run"} and status["publish"] == "would run"
     monkeypatch.setattr(explain_mod, "cache_status", lambda recipe: {"source": "cached", "passes[0]": "cached"})
     code, out, _ = run_cli("explain", "recipes/zoo-resnet50.yaml")
     assert code == 0
