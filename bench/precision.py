@@ -39,11 +39,17 @@ def load_model(name):
     from tests import test_precision as tp
     if name == "resnet50":
         return tp.light_resnet50()
-    if name == "effdet":  # the demo at 128x128, cut like the tests do (no passes needed)
-        from tests import tfmodels
+    if name == "effdet":  # the flagship recipe's graph after its passes, before its precision stage
+        from trtpipe.recipe import load_recipe
+        from trtpipe.registry import PassContext
+        from trtpipe.source import load_source
+        from trtpipe.transform import initial_input_contract, run_passes
+        recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "effdet.yaml")
+        source = load_source(recipe.data["source"])
         with tempfile.TemporaryDirectory() as tmp:
-            saved = tfmodels.demo(Path(tmp) / "saved_model", image_size=tp.DET_SIZE)
-            return tp.cut_detector(tfmodels.convert(saved))
+            ctx = PassContext(name=recipe.name, stage_dir=Path(tmp),
+                              input_contract=initial_input_contract(source.model))
+            return run_passes(source.model, recipe, ctx)[0]
     return onnx.load(name)
 
 
