@@ -180,6 +180,7 @@ def skeleton(model, limit=4096):
     g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big)
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
+    m.functions.extend(model.functions)
     return m
 
 

@@ -20,13 +20,17 @@ def op_histogram(model):
 
 
 def check_model(model, what):
-    """onnx.checker + shape inference; raises PassError naming `what` on failure."""
+    """onnx.checker + strict shape inference; raises PassError naming `what` on failure.
+
+    Runs on a skeleton (large weights replaced by typed inputs): the checks need types and
+    shapes, not bytes, so this is faster and also works for models over 2 GB."""
+    from .graph_types import skeleton
     from .source import relaxed_for_checker  # plugin ops and shapeless I/O, as in the source stage
+    light = skeleton(model)
     try:
-        if model.ByteSize() < 2**31 - 1:
-            with relaxed_for_checker(model):
-                onnx.checker.check_model(model)
-        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        with relaxed_for_checker(light):
+            onnx.checker.check_model(light)
+        onnx.shape_inference.infer_shapes(light, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise PassError(f"{what} produced an invalid ONNX graph: {_first_line(err)}")
 
