@@ -4,13 +4,13 @@ Both sides are compared as a run sees them: schema defaults and each pass's para
 filled in, `precision: fp16` read as `{mode: fp16, ...defaults}`, sizes compared in bytes
 (`2GiB` == `2048MiB`), `<name>` placeholders expanded, and paths equal when they are written
 the same or resolve to the same file. So writing a default explicitly, reordering keys,
-reformatting or editing comments is never a change.
+reformatting or editing comments is never a change (trtpipe/recipe_values.py).
 
 Passes are aligned by name (difflib), so a pass whose parameters changed reads as changed, an
 inserted one as added, and one that moved as moved, not as a removal plus an addition.
 
-Stages and what re-runs: `source -> passes[0] -> ... -> passes[n-1] -> precision -> validate,
-build -> publish`. A change re-runs its stage and every stage downstream of it:
+Stages and what re-runs (trtpipe/stage_order.py): `source -> passes[0] -> ... -> passes[n-1] ->
+precision -> validate, build -> publish`. A change re-runs its stage and every stage downstream of it:
 
 * `source.*`                       -> everything;
 * a pass added/removed/moved/changed at passes[i] (enabled on either side) -> passes[i..],
@@ -24,21 +24,13 @@ build -> publish`. A change re-runs its stage and every stage downstream of it:
 * `name`, `description`, `output.*` -> publish (file names and the report).
 """
 
-import copy
 import dataclasses
 import difflib
-import os
 
-import yaml
-
-from .recipe import parse_size, resolve_path
-from .schema_check import fill_defaults, key_path, load_schema, schema_errors
-
-FIXED_BEFORE = ["source"]
-FIXED_AFTER = ["precision", "validate", "build", "publish"]
-_PATH_KEYS = {("source", "onnx"), ("source", "saved_model"), ("build", "timing_cache"), ("output", "dir"),
-              ("validate", "data", "npz"), ("validate", "data", "images", "dir"),
-              ("precision", "calibration", "npz"), ("precision", "calibration", "images", "dir")}
+from .recipe_values import MISSING, flatten, lookup, normalized, pass_info, same_value, show, value_text
+from .schema_check import key_path, load_schema, schema_errors
+# downstream, stage_labels, compress, show: also imported from here by run, cache, explain and tests
+from .stage_order import compress, downstream, stage_labels
 
 
 @dataclasses.dataclass
@@ -66,100 +58,6 @@ class Diff:
     @property
     def empty(self):
         return not self.changes
-
-
-# ------------------------------------------------------------------------------ normalization
-
-def _pass_info(name):
-    from . import registry
-    return registry.get(name) if isinstance(name, str) else None
-
-
-def normalized(raw):
-    """Recipe data as a run sees it (defaults filled); tolerant of recipes that do not validate."""
-    raw = raw if isinstance(raw, dict) else {}
-    data = fill_defaults(copy.deepcopy(raw), load_schema("recipe.schema.json"))
-    passes = []
-    for item in data.get("passes") if isinstance(data.get("passes"), list) else []:
-        item = dict(item) if isinstance(item, dict) else {"pass": item}
-        info = _pass_info(item.get("pass"))
-        params = item.get("params") if isinstance(item.get("params"), dict) else {}
-        item["params"] = fill_defaults(params, info.schema) if info else params
-        item.setdefault("enabled", True)
-        passes.append(item)
-    data["passes"] = passes
-    data["precision"] = _precision(data.get("precision"))
-    name = data.get("name") if isinstance(data.get("name"), str) else ""
-    out = data.get("output") if isinstance(data.get("output"), dict) else {}
-    for key in ("dir", "plan", "onnx"):
-        if isinstance(out.get(key), str):
-            out[key] = out[key].replace("<name>", name)
-    src = data.get("source") if isinstance(data.get("source"), dict) else {}
-    if "onnx" in src:  # SavedModel settings mean nothing for an ONNX source (the run drops them)
-        for key in ("signature", "tag", "opset", "large_model"):
-            src.pop(key, None)
-    return data
-
-
-def _precision(value):
-    """`fp16` and `{mode: fp16}` are the same; options of other modes are dropped like a run does."""
-    try:
-        from .precision import normalize
-        return normalize(value)
-    except Exception:  # invalid precision (check reports it) or no precision module: compare as written
-        return {"mode": value} if isinstance(value, str) else value
-
-
-def _flatten(value, prefix=()):
-    if isinstance(value, dict) and value:
-        out = {}
-        for k, v in value.items():
-            out.update(_flatten(v, prefix + (k,)))
-        return out
-    return {prefix: value}
-
-
-def _lookup(data, path):
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return _MISSING
-        data = data[key]
-    return data
-
-
-_MISSING = object()
-
-
-def show(value):
-    """A value as a reviewer reads it: YAML flow style (`[1, 256, 256, 3]`, `{mode: split}`)."""
-    if value is _MISSING:
-        return "(unset)"
-    if isinstance(value, str) and value and yaml.safe_load(value) == value and "\n" not in value:
-        return value
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
-    return text[:-4].strip() if text.endswith("\n...") else text.replace("\n...", "")
-
-
-def _same(path, a, b, ctx):
-    if a == b:
-        return True
-    if path == ("build", "workspace") and parse_size(a) is not None:
-        return parse_size(a) == parse_size(b)
-    if path in _PATH_KEYS and isinstance(a, str) and isinstance(b, str) and ctx.get("dirs"):
-        old_dir, new_dir = ctx["dirs"]
-        return os.path.normpath(resolve_path(a, old_dir)) == os.path.normpath(resolve_path(b, new_dir))
-    return False
-
-
-def _value_text(path, value, raw):
-    """`value`, marked `(default)` when the recipe did not write it."""
-    text = show(value)
-    written = _lookup(raw, path)
-    if value is not _MISSING and written is _MISSING:
-        text += " (default)"
-    elif isinstance(written, str) and written != value and "<name>" in written:
-        text += f" (written {show(written)})"
-    return text
 
 
 # ------------------------------------------------------------------------------ the diff
@@ -201,31 +99,31 @@ def _errors(raw):
         return []
     out = [f"{key_path(p)}: {m}" for p, m in schema_errors(raw, load_schema("recipe.schema.json"))]
     for i, item in enumerate(raw.get("passes") or []):
-        if isinstance(item, dict) and isinstance(item.get("pass"), str) and _pass_info(item["pass"]) is None:
+        if isinstance(item, dict) and isinstance(item.get("pass"), str) and pass_info(item["pass"]) is None:
             out.append(f"passes[{i}].pass: unknown pass '{item['pass']}'")
     return out
 
 
 def _diff_section(key, old, new, old_raw, new_raw, ctx):
     start = SECTION_START.get(key, "publish")
-    a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+    a, b = old.get(key, MISSING), new.get(key, MISSING)
     if key == "precision" and isinstance(a, dict) and isinstance(b, dict) and a.get("mode") != b.get("mode"):
         # another mode: its options are new, not changed; name the mode and what is written
         return [Change(key, "changed", "precision", f"{_mode_text(a, old_raw)} -> {_mode_text(b, new_raw)}", start)]
-    fa = _flatten(a, (key,)) if a is not _MISSING else {}
-    fb = _flatten(b, (key,)) if b is not _MISSING else {}
+    fa = flatten(a, (key,)) if a is not MISSING else {}
+    fb = flatten(b, (key,)) if b is not MISSING else {}
     out = []
     for path in sorted(set(fa) | set(fb), key=lambda p: _order(p, fa, fb)):
-        va, vb = fa.get(path, _MISSING), fb.get(path, _MISSING)
-        if va is _MISSING and path not in fa:
-            va = _lookup(old, path)
-        if vb is _MISSING and path not in fb:
-            vb = _lookup(new, path)
-        if _same(path, va, vb, ctx):
+        va, vb = fa.get(path, MISSING), fb.get(path, MISSING)
+        if va is MISSING and path not in fa:
+            va = lookup(old, path)
+        if vb is MISSING and path not in fb:
+            vb = lookup(new, path)
+        if same_value(path, va, vb, ctx):
             continue
         if {} in (va, vb) and (isinstance(va, dict) and va or isinstance(vb, dict) and vb):
             continue  # {} on one side, keys on the other: the keys are listed one by one
-        what = f"{_value_text(path, va, old_raw)} -> {_value_text(path, vb, new_raw)}"
+        what = f"{value_text(path, va, old_raw)} -> {value_text(path, vb, new_raw)}"
         if path[:2] == ("validate", "enabled") and vb is False:
             what += " (validation will be skipped)"
         out.append(Change(key, "changed", key_path(path), what, start))
@@ -233,8 +131,8 @@ def _diff_section(key, old, new, old_raw, new_raw, ctx):
 
 
 def _mode_text(cfg, raw):
-    written = raw.get("precision", _MISSING)
-    if written is _MISSING:
+    written = raw.get("precision", MISSING)
+    if written is MISSING:
         return f"{cfg.get('mode')} (default)"
     if isinstance(written, dict):
         options = {k: v for k, v in written.items() if k != "mode"}
@@ -306,7 +204,7 @@ def _diff_passes(old, new, old_raw, new_raw):
                 events.append(((j, 1), Change("passes", kind, label, f"enabled: {show(va)} -> {show(vb)}",
                                               ("passes", j))))
                 continue
-            text = f"{key_path(path)}: {_value_text(path, va, raw_a)} -> {_value_text(path, vb, raw_b)}"
+            text = f"{key_path(path)}: {value_text(path, va, raw_a)} -> {value_text(path, vb, raw_b)}"
             start = ("passes", j) if live and path[0] != "note" else None
             if path[0] == "note":
                 text += " (documentation only)"
@@ -344,61 +242,13 @@ def _neighbours(passes, j):
 
 
 def _item_changes(a, b):
-    fa = _flatten({k: v for k, v in a.items() if k != "pass"})
-    fb = _flatten({k: v for k, v in b.items() if k != "pass"})
+    fa = flatten({k: v for k, v in a.items() if k != "pass"})
+    fb = flatten({k: v for k, v in b.items() if k != "pass"})
     order = list(fb) + [p for p in fa if p not in fb]
-    return [(p, fa.get(p, _MISSING), fb.get(p, _MISSING)) for p in order if fa.get(p, _MISSING) != fb.get(p, _MISSING)]
+    return [(p, fa.get(p, MISSING), fb.get(p, MISSING)) for p in order if fa.get(p, MISSING) != fb.get(p, MISSING)]
 
 
-# ------------------------------------------------------------------------------ stage plan
-
-def _stage_index(start, n):
-    """Position of a start stage in [source, passes[0..n-1], precision, validate, build, publish]."""
-    if isinstance(start, tuple):
-        return 1 + start[1]
-    if start == "source":
-        return 0
-    return 1 + n + FIXED_AFTER.index(start)
-
-
-def stage_labels(n):
-    return FIXED_BEFORE + [f"passes[{i}]" for i in range(n)] + FIXED_AFTER
-
-
-def downstream(start, n, validate_enabled=True):
-    """Stage labels `start` re-runs, in run order."""
-    labels = stage_labels(n)
-    if start == "build":
-        out = ["build", "publish"]
-    elif start == "validate":
-        out = ["validate", "publish"]
-    elif start == "publish":
-        out = ["publish"]
-    else:
-        out = labels[_stage_index(start, n):]
-    return [s for s in out if validate_enabled or s != "validate"]
-
-
-def compress(labels):
-    """['passes[2]', 'passes[3]', 'passes[4]'] -> ['passes[2..4]']."""
-    out, run = [], []
-
-    def flush():
-        if run:
-            out.append(f"passes[{run[0]}]" if len(run) == 1 else f"passes[{run[0]}..{run[-1]}]")
-            run.clear()
-    for label in labels:
-        if label.startswith("passes["):
-            index = int(label[7:-1])
-            if run and index != run[-1] + 1:
-                flush()
-            run.append(index)
-            continue
-        flush()
-        out.append(label)
-    flush()
-    return out
-
+# ------------------------------------------------------------------------------ stage plan and rendering
 
 def _plan(changes, n, enabled):
     rerun = set()
