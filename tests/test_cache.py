@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from conftest import make_conv_model, write_recipe
-from trtpipe import cache, errors, registry
+from trtpipe import cache, cache_files, errors, registry
 
 
 @pytest.fixture
@@ -257,7 +257,7 @@ def test_stage_status_does_not_import_tensorflow(tmp_path):
 
 def test_external_data_models_are_cached_as_files(tmp_path, run_cli, cache_dir, monkeypatch):
     """Large models keep their weights in `.data` files, in the cache and in the output."""
-    monkeypatch.setattr(cache, "EXTERNAL_DATA_BYTES", 1)
+    monkeypatch.setattr(cache_files, "EXTERNAL_DATA_BYTES", 1)
     model = conv_model(filters=32)  # weights over the 1 KiB that go to a .data file
     onnx.save_model(model, str(tmp_path / "big.onnx"), save_as_external_data=True, location="big.weights",
                     size_threshold=0)
