@@ -511,7 +511,8 @@ def test_diff_api_stage_plan():
 
 # ------------------------------------------------------------------------------------------- explain
 
-def test_explain_effdet_marks_defaults_and_derived_values(run_cli, in_repo):
+def test_explain_effdet_marks_defaults_and_derived_values(run_cli, in_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRTPIPE_CACHE_DIR", str(tmp_path / "empty-cache"))  # other tests fill the shared one
     code, out, err = run_cli("explain", "recipes/effdet.yaml")
     assert code == 0, err
     lines = out.splitlines()

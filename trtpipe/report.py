@@ -146,7 +146,7 @@ def summary_table(rep, published):
     val = rep["validation"]
     nodes = f"nodes {rep['passes'][0]['nodes_before']} -> {rep['passes'][-1]['nodes_after']}; " if rep["passes"] else ""
     states = list(cache.values())
-    reused = (f"all stages cached; " if states and all(s == "cached" for s in states) else
+    reused = ("all stages cached; " if states and all(s == "cached" for s in states) else
               f"{sum(s == 'cached' for s in states)} of {len(states)} stages cached; " if states else "")
     table.caption = (f"{nodes}{reused}validation {val['status']}" + (f" ({val['reason']})" if val.get("reason") else "")
                      + f"; output in {next(iter(published.values())).parent if published else '-'}")
