@@ -24,11 +24,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import PassError, RecipeError
+from .errors import RecipeError
 from .graph_types import (LOW, SHORT, _np_low, activation_ranges, convert_opset, data_path, infer_types,
-                          opset_of, precision_counts, skeleton, subgraph_reads)
-from .graph_types import emulate_in_fp32  # noqa: F401  (re-exported: part of this stage's API)
+                          opset_of, precision_counts, subgraph_reads)
+from .graph_types import emulate_in_fp32
 from .schema_check import fill_defaults, key_path, load_schema, schema_errors, suggest
+
+__all__ = ["apply_precision", "normalize", "check_targets", "emulate_in_fp32", "precision_counts"]
 
 FLOAT_KEYS = ("keep_io_types", "keep_op_types", "keep_nodes", "overflow_guard", "overflow_threshold")
 QUANT_KEYS = ("calibration", "method", "percentile", "per_channel", "exclude_op_types",
@@ -357,14 +359,8 @@ def _check_op_types(op_types, locate, path):
 
 def _check(model, mode):
     """The rewritten graph must still be valid ONNX (a failure here is a trt-pipeline bug)."""
-    from .source import relaxed_for_checker  # plugin ops and shapeless I/O, as in the source stage
-    light = skeleton(model)
-    try:
-        with relaxed_for_checker(light):
-            onnx.checker.check_model(light)
-        onnx.shape_inference.infer_shapes(light, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise PassError(f"precision {mode} produced an invalid ONNX graph: {str(err).strip().splitlines()[0]}")
+    from .transform import check_model  # the same check every pass output gets
+    check_model(model, f"precision {mode}")
 
 
 def _where(locate, path):

@@ -5,37 +5,15 @@ filesystem rename: readers see either the old plan or the new one, never a parti
 failed run leaves the previous outputs untouched.
 """
 
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from .cache_files import atomic_write as atomic_write_bytes, sha256_file
 from .errors import OutputError
 
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temp file + rename in the same directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["Staging", "atomic_write_bytes", "sha256_file"]  # the file helpers are shared with the cache
 
 
 class Staging:
