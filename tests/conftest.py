@@ -54,6 +54,13 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture(scope="session")
+def rtx():
+    """The TensorRT-RTX backend. Not skipped when missing: the suite exists to run it for real."""
+    from trtpipe.backend import resolve_backend
+    return resolve_backend("tensorrt_rtx")
+
+
 @pytest.fixture
 def tiny_onnx(tmp_path):
     return make_conv_model(tmp_path / "tiny.onnx")

@@ -19,14 +19,6 @@ from trtpipe.errors import BuildError
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 
 
-@pytest.fixture(scope="module")
-def rtx():
-    try:
-        return resolve_backend("tensorrt_rtx")
-    except BuildError as exc:
-        pytest.skip(str(exc))
-
-
 def light(name):
     return os.path.join(LIGHT, f"light_{name}.onnx")
 

@@ -159,7 +159,7 @@ def test_debug_shows_traceback(tmp_path, run_cli):
 
 
 def test_savedmodel_with_unconverted_tf_ops(tmp_path, run_cli):
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
 
     class BitTricks(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32, name="x")])

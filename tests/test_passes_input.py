@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from tests import tfmodels
-from trtpipe.errors import BuildError, PassError
+from trtpipe.errors import PassError
 from trtpipe.registry import SCHEMA_DIR, PassContext
 from trtpipe.schema_check import fill_defaults, schema_errors
 from trtpipe.transform import check_model, initial_input_contract
@@ -300,12 +300,8 @@ def test_fix_resize_unknown_node(models):
 
 # -- TensorRT-RTX accepts the result -------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trt():
-    from trtpipe.backend import resolve_backend
-    try:
-        return resolve_backend("tensorrt_rtx").trt
-    except BuildError as exc:
-        pytest.skip(str(exc))
+def trt(rtx):
+    return rtx.trt
 
 
 def parse_and_build(trt, model):

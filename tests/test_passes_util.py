@@ -84,8 +84,7 @@ def tensor_shape(model, name):
 
 @pytest.fixture(scope="module")
 def tf():
-    tensorflow = pytest.importorskip("tensorflow")
-    pytest.importorskip("tf2onnx")
+    import tensorflow
     return tensorflow
 
 
@@ -356,8 +355,8 @@ def test_reshape_helpers_errors(detector):
 
 def build_rtx(model, name, lo, opt, hi):
     """TensorRT-RTX plan (SM 8.9, ahead of time on CPU) with one optimization profile."""
-    pytest.importorskip("onnxruntime_ep_nv_tensorrt_rtx")  # preloads the TensorRT-RTX libraries
-    trt = pytest.importorskip("tensorrt_rtx_bindings")
+    from trtpipe.backend import resolve_backend
+    trt = resolve_backend("tensorrt_rtx").trt  # imports the EP package first, which preloads the libraries
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)

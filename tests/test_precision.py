@@ -47,15 +47,6 @@ TOLERANCES = {
 
 # ------------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture(scope="module")
-def rtx():
-    from trtpipe.backend import resolve_backend
-    from trtpipe.errors import BuildError
-    try:
-        return resolve_backend("tensorrt_rtx")
-    except BuildError as exc:
-        pytest.skip(str(exc))
-
 
 @pytest.fixture(scope="module")
 def build(rtx, tmp_path_factory):
@@ -128,7 +119,7 @@ def resnet():
 def detector(request, tmp_path_factory):
     """tf2onnx output of the effdet demo, cut; cached in pytest's cache (TF import + conversion
     take 10-25 s), keyed by the demo script, tfmodels and the converter versions."""
-    tfmodels = pytest.importorskip("tests.tfmodels")
+    from tests import tfmodels
     versions = f"{metadata.version('tf2onnx')} {metadata.version('tensorflow-cpu')} {onnx.__version__} {DET_SIZE}"
     key = hashlib.sha256(b"".join(p.read_bytes() for p in (tfmodels.DEMO_SCRIPT, pathlib.Path(tfmodels.__file__)))
                          + versions.encode()).hexdigest()[:16]

@@ -271,15 +271,8 @@ class _Reader:
 
 
 def _final_inputs(model):
-    inits = {t.name for t in model.graph.initializer}
-    out = collections.OrderedDict()
-    for v in model.graph.input:
-        if v.name in inits:
-            continue
-        t = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        out[v.name] = (np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
-    return out
+    from .validate_data import graph_io
+    return graph_io(model.graph)[0]
 
 
 def _name_nodes(graph):

@@ -36,7 +36,11 @@ def quiet_polygraphy():
 def model_io(path):
     """(inputs, outputs) of an ONNX file, each an OrderedDict name -> (numpy dtype, [dims]);
     dynamic dims are None. Reads the graph only (no external weights)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    return graph_io(onnx.load(str(path), load_external_data=False).graph)
+
+
+def graph_io(graph):
+    """(inputs, outputs) of a GraphProto, as model_io; initializers listed as inputs are skipped."""
     inits = {i.name for i in graph.initializer}
 
     def info(values):
