@@ -182,7 +182,6 @@ def test_missing_plugin_is_reported_before_parsing(rtx, tmp_path):
 
 def test_parser_error_names_node_op_and_index(rtx, tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    relu_out = helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.STRING, [1, 4])
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
              helper.make_node("Cast", ["r"], ["y"], name="to_string", to=TensorProto.STRING)]
