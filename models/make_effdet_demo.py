@@ -27,6 +27,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # models/ is not a package
+from demo_image import sample_image  # noqa: E402  (TF-free, shared with tests/tfmodels.py)
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "effdet_demo" / "saved_model"
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -331,19 +334,6 @@ def _pin_fingerprint_uuid(out_dir):
         fp = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
         fp.uuid = str(fp.saved_model_checksum)
         path.write_bytes(fp.SerializeToString(deterministic=True))
-
-
-def sample_image(height=256, width=256, seed=0):
-    """uint8 [1, H, W, 3]: flat gray with a few colored rectangles. The untrained demo scores
-    edges and corners, so this gives tens of detections over several classes (a flat image
-    gives none). _calibrate() tunes the heads on it."""
-    rng = np.random.default_rng(seed)
-    img = np.full((height, width, 3), 110, np.uint8)
-    for _ in range(6):
-        y0, x0 = rng.integers(0, height - 16), rng.integers(0, width - 16)
-        img[y0:y0 + rng.integers(16, height // 2), x0:x0 + rng.integers(16, width // 2)] = \
-            rng.integers(0, 256, 3)
-    return img[None]
 
 
 def main(argv=None):

@@ -44,18 +44,11 @@ def _demo_module():
 
 
 def sample_image(height=128, width=128, seed=0):
-    """uint8 [1, H, W, 3]: gray with a few colored rectangles; gives tens of detections.
-    A copy of make_effdet_demo.sample_image (the demo calibrates on it) that needs no
-    TensorFlow import; test_tfmodels checks the two agree."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    img = np.full((height, width, 3), 110, np.uint8)
-    for _ in range(6):
-        y0, x0 = rng.integers(0, height - 16), rng.integers(0, width - 16)
-        img[y0:y0 + rng.integers(16, height // 2), x0:x0 + rng.integers(16, width // 2)] = \
-            rng.integers(0, 256, 3)
-    return img[None]
+    """uint8 [1, H, W, 3]: the image the demo calibrates on (models/demo_image.py, no TensorFlow)."""
+    spec = importlib.util.spec_from_file_location("demo_image", DEMO_SCRIPT.parent / "demo_image.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.sample_image(height, width, seed)
 
 
 def demo(dest, **options):
@@ -147,7 +140,7 @@ def onnx_model(variant="demo", opset=17, **options):
                                                 ("onnx",))]
     key = hashlib.sha256(json.dumps([variant, opset, sorted(options.items()), versions],
                                     default=str).encode())
-    for src in (Path(__file__), DEMO_SCRIPT):
+    for src in (Path(__file__), DEMO_SCRIPT, DEMO_SCRIPT.parent / "demo_image.py"):
         key.update(src.read_bytes())
     cache = _cache_dir()
     path = cache / f"{variant}-{key.hexdigest()[:16]}.onnx" if cache else None
