@@ -174,3 +174,22 @@ def test_savedmodel_with_unconverted_tf_ops(tmp_path, run_cli):
     assert got == errors.EXIT_SOURCE
     assert "Bitcast" in err and "BitwiseAnd" in err and "opset 17" in err
     assert no_plan(tmp_path)
+
+
+@pytest.mark.parametrize("output, needle", [
+    ("{plan: sub/a.plan}", "expected a plain file name"),
+    ("{plan: '..'}", "expected a plain file name"),
+    ("{onnx: report.json}", "'report.json' is already the name of the report"),
+    ("{onnx: t.plan}", "'t.plan' is already the name of output.plan"),
+])
+def test_output_file_names_are_plain_and_distinct(output, needle, tmp_path, run_cli):
+    got, _, err = run_cli(recipe(tmp_path, BASE.replace("output:\n  dir: out\n", f"output: {output}\n")))
+    assert got == errors.EXIT_RECIPE and needle in err and "r.yaml:" in err, err
+    assert no_plan(tmp_path)
+
+
+def test_blocked_destination_publishes_nothing(tmp_path, run_cli):
+    (tmp_path / "out" / "t.plan").mkdir(parents=True)  # a directory where the plan goes
+    got, _, err = run_cli(recipe(tmp_path, BASE), "--no-validate")
+    assert got == errors.EXIT_OUTPUT and "t.plan" in err and "is a directory" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t.plan"]  # nothing else moved in

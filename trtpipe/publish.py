@@ -39,17 +39,24 @@ class Staging:
         return self.dir / name
 
     def publish(self, names):
-        """Move staged files into the output directory; returns {name: final path}."""
+        """Move staged files into the output directory; returns {name: final path}.
+
+        Every destination is checked before the first move, so a blocked one (say, a directory
+        where the plan goes) fails the run with nothing moved."""
         for name in names:
-            src = self.dir / name
-            if src.is_dir():
-                dst = self.out_dir / name
-                if dst.exists():
+            dst = self.out_dir / name
+            if dst.is_dir() and not (self.dir / name).is_dir():
+                raise OutputError(f"{self.where}cannot publish {name}: {dst} is a directory",
+                                  hint="remove it or choose another output.dir")
+        try:
+            for name in names:
+                src, dst = self.dir / name, self.out_dir / name
+                if src.is_dir() and dst.exists():
                     shutil.rmtree(dst)
                 os.replace(src, dst)
-            else:
-                os.replace(src, self.out_dir / name)
-            self.published[name] = self.out_dir / name
+                self.published[name] = dst
+        except OSError as err:
+            raise OutputError(f"{self.where}cannot publish into {self.out_dir}: {err.strerror or err}")
         return self.published
 
     def __exit__(self, *exc):

@@ -6,7 +6,6 @@ every pass name and its parameters against the pass registry, checks what a sche
 recipe's directory. All errors are collected and reported together, each with file:line:col.
 """
 
-import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -83,7 +82,7 @@ def load_recipe(path):
     data = fill_defaults(raw, load_schema("recipe.schema.json"))
     data["passes"] = [_fill_pass_defaults(item) for item in data["passes"]]
     defaults = _default_paths(raw, data)
-    _resolve(data, path.parent.resolve())
+    _resolve(data, path.parent.resolve(), marks.locate)
     return Recipe(path.resolve(), text, raw, data, marks, defaults)
 
 
@@ -162,7 +161,7 @@ def _default_paths(raw, data, prefix=()):
     return out
 
 
-def _resolve(data, base):
+def _resolve(data, base, locate):
     """Make recipe paths absolute (relative to the recipe) and expand name placeholders."""
     src = data["source"]
     if "onnx" in src:  # SavedModel-only settings mean nothing for an ONNX source
@@ -181,6 +180,16 @@ def _resolve(data, base):
     out["dir"] = str((base / out["dir"].replace("<name>", name)).resolve())
     out["plan"] = out["plan"].replace("<name>", name)
     out["onnx"] = out["onnx"].replace("<name>", name)
+    reserved = {f"{name}.source.onnx": "the converted source model", "report.json": "the report",
+                "report.md": "the report"}
+    taken = {**reserved, out["plan"]: "output.plan"}
+    if out["onnx"] in taken:
+        raise RecipeError(f"{locate(('output', 'onnx'))}: output.onnx: '{out['onnx']}' is already the name of {taken[out['onnx']]}",
+                          hint="give the final ONNX model its own file name")
+    if out["plan"] in reserved:
+        raise RecipeError(f"{locate(('output', 'plan'))}: output.plan: '{out['plan']}' is already the name of "
+                          f"{reserved[out['plan']]}",
+                          hint="give the plan its own file name")
 
 
 def resolve_path(value, base):
@@ -193,8 +202,3 @@ def resolve_path(value, base):
             return str(Path(value))  # the source stage reports the missing file
         return str(Path(list(spec.submodule_search_locations)[0]) / rest)
     return str((base / value).resolve())
-
-
-def resolved_copy(recipe):
-    """The resolved recipe as plain data (for reports)."""
-    return copy.deepcopy(recipe.data)

@@ -21,6 +21,7 @@ from .cache_files import MODEL, copy_model
 from .cache_keys import Keys
 from .cache_store import Cache, CorruptEntry, pause, resolve_dir
 from .checks import precheck_passes, raise_first
+from .errors import PassError
 from .lock import is_abandoned, own_directory
 from .publish import Staging
 from .recipe import load_recipe
@@ -132,6 +133,7 @@ def _stage_artifacts(ctx, staging):
     for name, path in ctx.artifacts.items():
         path = Path(path)
         if path.parent != staging.dir:
-            raise RuntimeError(f"pass artifact {name} must be written inside the stage directory")
+            raise PassError(f"a pass registered artifact '{name}' at {path}, outside the stage directory "
+                            f"{staging.dir}; passes must write artifacts into ctx.stage_dir")
         names.append(path.name)
     return names
