@@ -39,7 +39,8 @@ def write_recipe(path, body):
 @pytest.fixture(autouse=True, scope="session")
 def _stage_cache(tmp_path_factory):
     """Runs in tests never touch the developer's stage cache (tests that need their own set it)."""
-    os.environ.setdefault("TRTPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("stage-cache")))
+    # Assigned, not defaulted: an exported TRTPIPE_CACHE_DIR would let tests pass on stale entries.
+    os.environ["TRTPIPE_CACHE_DIR"] = str(tmp_path_factory.mktemp("stage-cache"))
 
 
 @pytest.fixture

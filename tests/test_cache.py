@@ -99,13 +99,12 @@ def test_noop_rerun_does_no_stage_work(tiny, tmp_path, run_cli, monkeypatch, cac
 
 def test_build_settings_edit_runs_only_the_build(tiny, tmp_path, run_cli, monkeypatch):
     assert run_cli(tiny(), "--quiet")[0] == 0
-    plan = (tmp_path / "out" / "tiny.plan").read_bytes()
     forbid(monkeypatch, *[t for t in stage_work() if t[1] != "build_plan"])
     code, _, err = run_cli(tiny(workspace="128MiB"), "--quiet")
     assert code == 0, err
     st = statuses(report(tmp_path))
     assert st.pop("build") == "ran" and set(st.values()) == {"cached"}
-    assert (tmp_path / "out" / "tiny.plan").stat().st_size > 0 and plan
+    assert (tmp_path / "out" / "tiny.plan").stat().st_size > 0
 
 
 def test_pass_parameter_edit_reruns_that_pass(tiny, tmp_path, run_cli):
@@ -116,7 +115,7 @@ def test_pass_parameter_edit_reruns_that_pass(tiny, tmp_path, run_cli):
     st = statuses(report(tmp_path))
     assert st["source"] == "cached" and st["passes[0]"] == "cached" and st["passes[1]"] == "ran"
     # the stages after it are keyed by the model's content: an identical output is still cached
-    assert st["build"] in ("cached", "ran")
+    assert st["precision"] == st["validate"] == st["build"] == "cached"
 
 
 def test_code_version_of_a_pass_is_in_its_key(tiny, tmp_path, run_cli, monkeypatch):

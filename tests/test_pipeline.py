@@ -140,8 +140,7 @@ def test_wrong_pass_is_caught_by_validation(tmp_path, run_cli, perturbing_pass, 
         """)
     code, out, err = run_cli(recipe)
     assert code == 6, err
-    assert "'y'" in err or " y" in err  # the failing output is named
-    assert "atol" in err or "tolerance" in err
+    assert "output 'y'" in err and "atol" in err  # the failing output and its tolerance are named
     assert not list(tmp_path.rglob("*.plan")) and not (tmp_path / "out" / "report.json").exists()
 
 

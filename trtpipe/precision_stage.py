@@ -4,7 +4,6 @@ the model on the validation data (calibration, fp16 overflow checks), fed throug
 contract the passes recorded."""
 
 import functools
-from pathlib import Path
 
 from .run_state import ModelRef
 
@@ -54,15 +53,8 @@ def _summary(cfg, stats):
 
 def _final_feeds(recipe, source_path, ctx, model, data_cfg):
     """Feeds for `model`'s inputs derived from source-side data through the input contract."""
-    import tempfile
-
-    import onnx
-
-    from .validate_data import apply_contract, make_source_feeds, model_io
+    from .validate_data import apply_contract, graph_io, make_source_feeds, model_io
     src_in, _ = model_io(str(source_path))
     feeds, _ = make_source_feeds(data_cfg, src_in, ctx.input_contract, base_dir=recipe.dir, locate=recipe.locate)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "final.onnx"
-        onnx.save_model(model, str(path))
-        fin_in, _ = model_io(str(path))
+    fin_in, _ = graph_io(model.graph)  # in memory: no need to serialize the model to read its inputs
     return [apply_contract(f, ctx.input_contract, fin_in) for f in feeds]
