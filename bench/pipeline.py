@@ -48,7 +48,7 @@ from tf2onnx import convert, tf_loader
 import onnx
 import onnx_graphsurgeon as gs
 from trtpipe import registry
-from trtpipe.recipe import load_recipe
+from trtpipe.recipe.load import load_recipe
 from trtpipe.registry import PassContext
 recipe = load_recipe(sys.argv[2])
 sm = recipe.data["source"]["saved_model"]
@@ -61,7 +61,7 @@ with tf.device("/cpu:0"):
 onnx.save(source, f"{out}/source.onnx")
 t1 = time.perf_counter()
 
-from trtpipe.transform import initial_input_contract
+from trtpipe.stages.passes.runner import initial_input_contract
 from pathlib import Path
 ctx = PassContext(name="effdet", backend="tensorrt_rtx", recipe_dir=recipe.dir, stage_dir=Path(out),
                   input_contract=initial_input_contract(source))
@@ -71,9 +71,9 @@ for _, item in recipe.enabled_passes():
 model = gs.export_onnx(graph)
 t2 = time.perf_counter()
 
-from trtpipe.precision import apply_precision, emulate_in_fp32
-from trtpipe.validate import resolve_config, validate_models
-from trtpipe.validate_data import apply_contract, make_source_feeds, model_io
+from trtpipe.stages.precision.mixed import apply_precision, emulate_in_fp32
+from trtpipe.stages.validate.compare import resolve_config, validate_models
+from trtpipe.stages.validate.data import apply_contract, make_source_feeds, model_io
 onnx.save(model, f"{out}/surgery.onnx")
 src_in, _ = model_io(f"{out}/source.onnx")
 fin_in, _ = model_io(f"{out}/surgery.onnx")

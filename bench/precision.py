@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 from trtpipe.backend import resolve_backend  # noqa: E402
-from trtpipe.build import build_plan  # noqa: E402
 from trtpipe.errors import PipelineError  # noqa: E402
-from trtpipe.precision import apply_precision, emulate_in_fp32  # noqa: E402
+from trtpipe.stages.build.plan import build_plan  # noqa: E402
+from trtpipe.stages.precision.mixed import apply_precision, emulate_in_fp32  # noqa: E402
 
 MODES = ("fp32", "fp16", "bf16", "int8", "fp8")
 
@@ -40,10 +40,10 @@ def load_model(name):
     if name == "resnet50":
         return tp.light_resnet50()
     if name == "effdet":  # the flagship recipe's graph after its passes, before its precision stage
-        from trtpipe.recipe import load_recipe
+        from trtpipe.recipe.load import load_recipe
         from trtpipe.registry import PassContext
-        from trtpipe.source import load_source
-        from trtpipe.transform import initial_input_contract, run_passes
+        from trtpipe.stages.passes.runner import initial_input_contract, run_passes
+        from trtpipe.stages.source.load import load_source
         recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "effdet.yaml")
         source = load_source(recipe.data["source"])
         with tempfile.TemporaryDirectory() as tmp:

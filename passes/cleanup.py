@@ -2,20 +2,20 @@
 
 After surgery, nodes that no longer feed any graph output (the old preprocessing Loop, a cut-off
 NMS) stay in the graph until removed; TensorRT's parser would still try to import them. This
-runs onnx-graphsurgeon's `cleanup` and `toposort`.
+runs onnx-graphsurgeon's `cleanup` and `toposort`. Parameters: schemas/passes/cleanup.schema.json.
 """
 
-from trtpipe.registry import register_pass
+import onnx_graphsurgeon as gs
+
+from trtpipe import PassContext, register_pass
+from trtpipe.graph.tidy import remove_dead
 
 
 @register_pass("cleanup")
-def cleanup(graph, params, ctx):
+def cleanup(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
+    """Remove what feeds no output; optionally unused graph inputs and a topological sort."""
     before = len(graph.nodes)
-    graph.cleanup(remove_unused_node_outputs=params["remove_unused_node_outputs"])
-    if params["remove_unused_inputs"]:
-        # Only the main graph: a Loop body's inputs are positional and must all stay.
-        graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
-    if params["toposort"]:
-        graph.toposort()
+    graph = remove_dead(graph, remove_unused_inputs=params["remove_unused_inputs"],
+                        remove_unused_node_outputs=params["remove_unused_node_outputs"], toposort=params["toposort"])
     ctx.log(f"cleanup: removed {before - len(graph.nodes)} node(s)")
     return graph

@@ -22,10 +22,8 @@ an error.
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.sanitize import infer_shapes
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
+from trtpipe import PassContext, PassError, register_pass, suggest
+from trtpipe.graph.shapes import infer_shapes
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal",
                "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu"}
@@ -215,7 +213,7 @@ def _reinfer(graph):
 
 
 @register_pass("dynamic_batch")
-def dynamic_batch(graph, params, ctx):
+def dynamic_batch(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     sym, by_name = params["dim_name"], {t.name: t for t in graph.inputs}
     names = params.get("inputs") or list(by_name)
     for n in names:

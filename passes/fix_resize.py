@@ -19,16 +19,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
+from trtpipe import PassContext, PassError, register_pass, suggest
 
 # (mode, old ctm, old nearest_mode, new ctm) -> nearest_mode giving identical output
 EXACT_NEAREST = {("tf_half_pixel_for_nn", "floor", "half_pixel"): "round_prefer_ceil"}
 
 
 @register_pass("fix_resize")
-def fix_resize(graph, params, ctx):
+def fix_resize(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     graph = _infer(graph)  # static shapes decide whether scales can become constants
     found = list(_resizes(graph, params["subgraphs"], where="graph"))
     wanted = params["nodes"]

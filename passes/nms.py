@@ -25,20 +25,16 @@ Slice/Squeeze/Transpose/Gather... to the most upstream [B,N,4] and [B,N,C] tenso
 """
 
 import itertools
-import json
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes import _nms_match as match_mod
-from passes._nms_postprocess import split
-from passes.sanitize import infer_shapes
-from trtpipe.errors import BuildError, PassError, PipelineError
-from trtpipe.registry import SCHEMA_DIR, register_pass
-from trtpipe.schema_check import fill_defaults
+from trtpipe import BuildError, PassContext, PassError, PipelineError, register_pass
+from trtpipe.graph import nms_match as match_mod
+from trtpipe.graph.nms_postprocess import split
+from trtpipe.graph.shapes import infer_shapes
 
 ROLES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
-SCHEMA = json.loads((SCHEMA_DIR / "nms.schema.json").read_text())
 
 
 _PLUGINS = {"efficient_nms": "EfficientNMS_TRT", "batched_nms": "BatchedNMS_TRT"}
@@ -49,21 +45,19 @@ def precheck(params, ctx):
     mode = params["mode"]
     _check_backend(mode, ctx)
     if mode in _PLUGINS and not ctx.plugin_libraries:
-        from trtpipe.backend import resolve_backend
-        from trtpipe.plugins import require_plugin
         plugin = _PLUGINS[mode]
         if mode == "batched_nms" and params.get("plugin"):
             plugin = params["plugin"]
         try:
-            require_plugin(resolve_backend(ctx.backend), plugin)
+            ctx.require_plugin(plugin)
         except PipelineError as err:  # a backend limitation: reported as a build error (exit 7)
             raise BuildError(f"mode {mode} needs the {plugin} plugin: {err.message}",
                              hint="on TensorRT-RTX use `mode: split`; or add the plugin library to build.plugins")
 
 
 @register_pass("nms", precheck=precheck)
-def nms(graph, params, ctx):
-    p = fill_defaults(params, SCHEMA)  # the runner did this already; direct callers may not
+def nms(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
+    p = params  # schema defaults filled by the runner (run_passes / run_pass)
     mode = p["mode"]
     _check_backend(mode, ctx)
     graph = infer_shapes(graph)  # tracing needs shapes; tf2onnx leaves most of them unset

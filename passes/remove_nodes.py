@@ -15,10 +15,8 @@ import collections
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.sanitize import infer_shapes
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
+from trtpipe import PassContext, PassError, register_pass, suggest
+from trtpipe.graph.shapes import infer_shapes
 
 
 def _used(t, graph):
@@ -125,7 +123,7 @@ def _replace(node, replacements, tensors, graph, ctx):
 
 
 @register_pass("remove_nodes")
-def remove_nodes(graph, params, ctx):
+def remove_nodes(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     names, ops = params["names"], params["ops"]
     by_name = {n.name: n for n in graph.nodes if n.name}
     present_ops = sorted({n.op for n in graph.nodes})

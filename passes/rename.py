@@ -10,9 +10,9 @@ Renamed graph inputs move their `ctx.input_contract` entry; renamed graph output
 `ctx.output_map` entry, so validation still feeds and compares the right tensors.
 """
 
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
+import onnx_graphsurgeon as gs
+
+from trtpipe import PassContext, PassError, register_pass, suggest
 
 
 def _all_tensor_names(graph):
@@ -37,7 +37,7 @@ def _check_mapping(mapping, existing, kind):
 
 
 @register_pass("rename")
-def rename(graph, params, ctx):
+def rename(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     tmap, nmap = params["tensors"], params["nodes"]
     tensors = graph.tensors()
     for old in tmap:

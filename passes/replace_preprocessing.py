@@ -21,14 +21,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.set_input import SHAPE_ONLY_OPS, find_input, record_change, replace_input
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
+from trtpipe import PassContext, PassError, register_pass, suggest
+from trtpipe.graph.inputs import SHAPE_ONLY_OPS, find_input, record_change, replace_input
 
 
 @register_pass("replace_preprocessing")
-def replace_preprocessing(graph, params, ctx):
+def replace_preprocessing(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     graph = _infer(graph)  # shapes of the Loop outputs and of the attach tensor
     inp = find_input(graph, params.get("input"), "replace_preprocessing", "input")
     if inp.shape is not None and len(inp.shape) != 4:

@@ -12,10 +12,8 @@ at the new tensor. A graph output is replaced by the reshaped tensor (see `rewir
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.sanitize import infer_shapes
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
+from trtpipe import PassContext, PassError, register_pass, suggest
+from trtpipe.graph.shapes import infer_shapes
 
 
 def _norm_axes(axes, rank, tensor):
@@ -66,7 +64,7 @@ def _result_shape(op, shape, params, tensor):
 
 
 @register_pass("reshape_helpers")
-def reshape_helpers(graph, params, ctx):
+def reshape_helpers(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     op, name = params["op"], params["tensor"]
     need = {"unsqueeze": "axes", "squeeze": "axes", "reshape": "shape"}[op]
     if params.get(need) is None:

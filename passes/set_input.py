@@ -15,17 +15,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
-
-# new-layout data = source-layout data transposed by PERMS[layout]; the inverse goes back.
-PERMS = {"NHWC->NCHW": [0, 3, 1, 2], "NCHW->NHWC": [0, 2, 3, 1]}
-SHAPE_ONLY_OPS = {"Shape", "Size"}
+from trtpipe import PassContext, PassError, register_pass
+from trtpipe.graph.inputs import PERMS, SHAPE_ONLY_OPS, add_node, find_input, record_change, replace_input
 
 
 @register_pass("set_input")
-def set_input(graph, params, ctx):
+def set_input(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
+    """Rewrite the input named `params['name']`; adapters keep its readers' view unchanged."""
     inp = find_input(graph, params.get("name"), "set_input")
     old_name, old_dtype = inp.name, np.dtype(inp.dtype)
     old_shape = list(inp.shape) if inp.shape is not None else None
@@ -53,10 +49,10 @@ def set_input(graph, params, ctx):
     added = []
     if perm:
         back = [perm.index(i) for i in range(4)]  # inverse permutation
-        shape_src = value_src = _add(graph, added, "Transpose", value_src, f"{old_name}/set_input/transpose",
+        shape_src = value_src = add_node(graph, added, "Transpose", value_src, f"{old_name}/set_input/transpose",
                                      {"perm": back}, new_dtype)
     if new_dtype != old_dtype and params["cast_back"]:
-        value_src = _add(graph, added, "Cast", value_src, f"{old_name}/set_input/cast",
+        value_src = add_node(graph, added, "Cast", value_src, f"{old_name}/set_input/cast",
                          {"to": helper.np_dtype_to_tensor_dtype(old_dtype)}, old_dtype)
     for node in readers:
         target = shape_src if node.op in SHAPE_ONLY_OPS else value_src
@@ -79,54 +75,3 @@ def set_input(graph, params, ctx):
     ctx.log(f"set_input: '{old_name}' -> '{new_name}' {new_dtype.name} {inp.shape}"
             + (f", layout {layout}" if layout else "") + (f", {len(added)} adapter node(s)" if added else ""))
     return graph
-
-
-def find_input(graph, name, who, key="name"):
-    """The graph input called `name`, or the only one when `name` is None (did-you-mean otherwise)."""
-    names = [t.name for t in graph.inputs]
-    if name is None:
-        if len(graph.inputs) != 1:
-            raise PassError(f"{who}: the graph has {len(names)} inputs ({', '.join(names) or 'none'}); "
-                            f"say which one with `{key}`")
-        return graph.inputs[0]
-    for t in graph.inputs:
-        if t.name == name:
-            return t
-    raise PassError(f"{who}: no graph input named '{name}'{suggest(name, names)}; "
-                    f"graph inputs: {', '.join(names) or 'none'}")
-
-
-def replace_input(node, old, new):
-    for i, t in enumerate(node.inputs):
-        if t is old:
-            node.inputs[i] = new  # graphsurgeon keeps both tensors' consumer lists in sync
-
-
-def _add(graph, added, op, src, name, attrs, dtype):
-    out = gs.Variable(name + ":0", dtype=dtype)
-    node = gs.Node(op, name=name, attrs=attrs, inputs=[src], outputs=[out])
-    graph.nodes.append(node)
-    added.append(node)
-    return out
-
-
-def record_change(ctx, old_name, old_dtype, old_shape, inp, new_dtype, perm):
-    """Move the input's contract entry to its final name; add cast/transpose steps and shape."""
-    contract = ctx.input_contract
-    entry = contract.pop(old_name, None) or {
-        "source_input": old_name, "source_dtype": old_dtype.name,
-        "source_shape": [d if isinstance(d, int) else None for d in (old_shape or [])],
-        "shape": None, "steps": []}
-    entry = dict(entry, steps=list(entry.get("steps") or []))
-    if new_dtype != old_dtype:
-        entry["steps"].append({"op": "cast", "to": new_dtype.name})
-    if perm:
-        entry["steps"].append({"op": "transpose", "perm": list(perm)})
-    if inp.shape is not None:
-        shape = list(inp.shape)
-        if perm:  # the contract's shape is the source data's, i.e. before the transpose step
-            shape = [shape[perm.index(i)] for i in range(len(shape))]
-        # dynamic dims stay symbolic (str); validation picks a value for them
-        entry["shape"] = [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else None)
-                          for d in shape]
-    contract[inp.name] = entry

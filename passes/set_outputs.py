@@ -18,10 +18,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.sanitize import infer_shapes
-from trtpipe.errors import PassError
-from trtpipe.registry import register_pass
-from trtpipe.schema_check import suggest
+from trtpipe import PassContext, PassError, register_pass, suggest
+from trtpipe.graph.shapes import infer_shapes
 
 
 def _specs(items):
@@ -91,7 +89,7 @@ def _dangling(graph, scope=()):
 
 
 @register_pass("set_outputs")
-def set_outputs(graph, params, ctx):
+def set_outputs(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     outs, ins = _specs(params["outputs"]), _specs(params.get("inputs"))
     tensors = graph.tensors()
     _require([s["name"] for s in outs], tensors, "output", graph)

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtpipe.backend import has_runtime_gpu, resolve_backend
-from trtpipe.build import build_plan
 from trtpipe.errors import BuildError
+from trtpipe.stages.build.plan import build_plan
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 

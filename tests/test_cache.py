@@ -5,9 +5,10 @@ import json
 
 import onnx
 import pytest
-
 from conftest import make_conv_model, write_recipe
-from trtpipe import cache, cache_files, errors, registry
+
+from trtpipe import cache, errors, registry
+from trtpipe.cache import files as cache_files
 
 
 @pytest.fixture
@@ -70,11 +71,11 @@ def forbid(monkeypatch, *targets):
 
 
 def stage_work():
-    import trtpipe.build
-    import trtpipe.precision
-    import trtpipe.source
-    import trtpipe.transform
-    import trtpipe.validate
+    import trtpipe.stages.build.plan
+    import trtpipe.stages.passes.runner
+    import trtpipe.stages.precision.mixed
+    import trtpipe.stages.source.load
+    import trtpipe.stages.validate.compare
     return [(trtpipe.source, "load_source"), (trtpipe.transform, "run_passes"),
             (trtpipe.precision, "apply_precision"), (trtpipe.validate, "validate_models"),
             (trtpipe.build, "build_plan")]
@@ -239,6 +240,7 @@ def test_stage_status_does_not_import_tensorflow(tmp_path):
     """A SavedModel recipe's status is computed from file hashes and versions, not by converting."""
     import subprocess
     import sys
+
     from conftest import REPO
     recipe = write_recipe(tmp_path / "sm.yaml", f"""
         name: sm

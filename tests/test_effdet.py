@@ -7,12 +7,12 @@ import shutil
 import jsonschema
 import onnx
 import pytest
-
 from conftest import REPO
+
 from trtpipe import errors
 from trtpipe.backend import resolve_backend
-from trtpipe.build import build_plan
-from trtpipe.recipe import load_recipe
+from trtpipe.recipe.load import load_recipe
+from trtpipe.stages.build.plan import build_plan
 
 BUILD = {"backend": "auto", "workspace_bytes": 1 << 30, "compute_capabilities": ["8.9"],
          "optimization_level": 3, "profiles": [], "plugins": [], "timing_cache": None}

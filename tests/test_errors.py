@@ -6,9 +6,9 @@ import pathlib
 import numpy as np
 import onnx
 import pytest
+from conftest import make_conv_model, write_recipe
 from onnx import TensorProto, helper
 
-from conftest import make_conv_model, write_recipe
 from trtpipe import errors
 
 HEADER = "# yaml-language-server: $schema=../schemas/recipe.schema.json\n"

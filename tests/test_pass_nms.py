@@ -15,9 +15,9 @@ import pytest
 from tests import tfmodels
 from trtpipe import registry
 from trtpipe.errors import BuildError, PassError
-from trtpipe.plugins import iter_nodes
-from trtpipe.schema_check import fill_defaults, schema_errors
-from trtpipe.transform import check_model
+from trtpipe.recipe.schema import fill_defaults, schema_errors
+from trtpipe.stages.build.plugins import iter_nodes
+from trtpipe.stages.passes.runner import check_model
 
 # Fixed here (not the demo's default) so the expected NMS settings do not move with the demo; low
 # enough that the sample image gives detections over several classes.
@@ -94,7 +94,7 @@ def for_rtx(model, path):
 
 def rtx_build(path):
     from trtpipe.backend import resolve_backend
-    from trtpipe.build import build_plan
+    from trtpipe.stages.build.plan import build_plan
     return build_plan(path, {"compute_capabilities": ["8.9"]}, resolve_backend("tensorrt_rtx"))
 
 

@@ -19,9 +19,9 @@ import pytest
 
 from tests import tfmodels
 from trtpipe.errors import PassError
+from trtpipe.recipe.schema import fill_defaults, schema_errors
 from trtpipe.registry import SCHEMA_DIR, PassContext
-from trtpipe.schema_check import fill_defaults, schema_errors
-from trtpipe.transform import check_model, initial_input_contract
+from trtpipe.stages.passes.runner import check_model, initial_input_contract
 
 SIZE = tfmodels.SMALL["image_size"]
 RAW = ["raw_detection_boxes", "raw_detection_scores"]

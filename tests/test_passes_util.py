@@ -21,9 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 from polygraphy.backend.onnx import modify_outputs
 
 from trtpipe.errors import PassError
+from trtpipe.recipe.schema import fill_defaults, schema_errors
 from trtpipe.registry import SCHEMA_DIR, PassContext
-from trtpipe.schema_check import fill_defaults, schema_errors
-from trtpipe.transform import check_model, initial_input_contract
+from trtpipe.stages.passes.runner import check_model, initial_input_contract
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ort.set_default_logger_severity(3)

@@ -7,8 +7,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import REPO, write_recipe
+
 from trtpipe import registry
 
 

@@ -29,7 +29,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtpipe.errors import RecipeError
-from trtpipe.precision import apply_precision, emulate_in_fp32, normalize
+from trtpipe.stages.precision.mixed import apply_precision, emulate_in_fp32, normalize
 
 LIGHT_RESNET = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/light_resnet50.onnx")
 DET_SIZE = 128
@@ -50,7 +50,7 @@ TOLERANCES = {
 
 @pytest.fixture(scope="module")
 def build(rtx, tmp_path_factory):
-    from trtpipe.build import build_plan
+    from trtpipe.stages.build.plan import build_plan
     folder = tmp_path_factory.mktemp("plans")
 
     def run(model, name, cc="8.9"):
@@ -181,7 +181,7 @@ def test_plain_and_object_forms():
 
 
 def test_recipe_schema_accepts_both_forms(tmp_path, tiny_onnx):
-    from trtpipe.recipe import load_recipe
+    from trtpipe.recipe.load import load_recipe
     body = f"name: t\nsource: {{onnx: {tiny_onnx}}}\nprecision: {{mode: fp16, keep_nodes: [conv]}}\n"
     (tmp_path / "a.yaml").write_text(body)
     assert load_recipe(tmp_path / "a.yaml").data["precision"]["mode"] == "fp16"

@@ -18,10 +18,11 @@ import sys
 import pytest
 import yaml
 
-from trtpipe import explain as explain_mod
-from trtpipe import recipe_diff, review
 from trtpipe.errors import RecipeError
-from trtpipe.fmt import format_text
+from trtpipe.review import commands as review
+from trtpipe.review import diff as recipe_diff
+from trtpipe.review import explain as explain_mod
+from trtpipe.review.fmt import format_text
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -543,7 +544,7 @@ def test_explain_effdet_marks_defaults_and_derived_values(run_cli, in_repo, tmp_
 
 
 def test_explain_cache_status_hook(run_cli, in_repo, monkeypatch):
-    from trtpipe.recipe import load_recipe
+    from trtpipe.recipe.load import load_recipe
     status = explain_mod.cache_status(load_recipe("recipes/zoo-resnet50.yaml"))
     assert list(status) == ["source", "passes[0]", "passes[1]", "precision", "validate", "build", "publish"]
     assert set(status.values()) <= {"cached", "would run"} and status["publish"] == "would run"

@@ -15,8 +15,8 @@ import sys
 import threading
 
 import pytest
-
 from conftest import REPO, make_conv_model, write_recipe
+
 from trtpipe import cache
 
 PIPELINE = str(REPO / "pipeline.py")

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtpipe.errors import SourceError
-from trtpipe.source import load_source
+from trtpipe.stages.source.load import load_source
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,12 +12,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
-from trtpipe import detections as det
 from trtpipe.errors import EXIT_VALIDATION, ValidationError
-from trtpipe.schema_check import fill_defaults, load_schema, schema_errors
-from trtpipe.transform import initial_input_contract
-from trtpipe.validate import DEFAULT_IOU, DEFAULT_TOLERANCES, print_table, resolve_config, validate_models
-from trtpipe.validate_data import apply_contract, make_source_feeds, model_io
+from trtpipe.recipe.schema import fill_defaults, load_schema, schema_errors
+from trtpipe.stages.passes.runner import initial_input_contract
+from trtpipe.stages.validate import detections as det
+from trtpipe.stages.validate.compare import (
+    DEFAULT_IOU,
+    DEFAULT_TOLERANCES,
+    print_table,
+    resolve_config,
+    validate_models,
+)
+from trtpipe.stages.validate.data import apply_contract, make_source_feeds, model_io
 
 F32 = TensorProto.FLOAT
 

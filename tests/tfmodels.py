@@ -102,7 +102,8 @@ def convert(saved_model_dir, opset=17):
     """SavedModel (serving_default) -> onnx.ModelProto, the way `python -m tf2onnx.convert
     --saved-model` does it, in-process. Output names are the signature's (TF-OD names)."""
     import tensorflow as tf
-    from tf2onnx import convert as tf2onnx_convert, tf_loader
+    from tf2onnx import convert as tf2onnx_convert
+    from tf2onnx import tf_loader
 
     graph_def, inputs, outputs, _tables, tensors_to_rename = tf_loader.from_saved_model(
         str(saved_model_dir), None, None, tag="serve", signatures=["serving_default"],

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import BuildError
+from trtpipe.errors import BuildError
 
 NAMES = ("auto", "tensorrt", "tensorrt_rtx")
 
@@ -129,7 +129,7 @@ def rtx_supported_ccs(backend):
 def has_runtime_gpu(backend, compute_capabilities=None):
     """(True, description) if a plan from `backend` can be deserialized and run here, else
     (False, precise reason). Never raises; never needs a GPU to answer."""
-    ok, info = _probe_cuda()
+    ok, info = probe_cuda()
     if not ok:
         return False, info
     cc, dev = info["cc"], f"device 0 ({info['name']}, compute capability {info['cc']})"
@@ -145,7 +145,7 @@ def has_runtime_gpu(backend, compute_capabilities=None):
 
 
 @lru_cache(maxsize=1)
-def _probe_cuda():
+def probe_cuda():
     """Ask the CUDA driver directly (ctypes): creating a trt.Runtime succeeds even without a GPU."""
     names = ["nvcuda.dll"] if sys.platform.startswith("win") else ["libcuda.so.1", "libcuda.so"]
     lib = None

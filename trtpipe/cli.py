@@ -5,16 +5,8 @@ import os
 import sys
 import textwrap
 
-from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, PipelineError
-
-COMMANDS = {}
-
-
-def command(name):
-    def wrap(func):
-        COMMANDS[name] = func
-        return func
-    return wrap
+from trtpipe.commands import COMMANDS, command, guarded
+from trtpipe.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 
 
 def _exit_code_help():
@@ -65,36 +57,20 @@ def _cache_dir_flag(parser):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from . import review  # noqa: F401  (registers check, explain, diff, fmt, docs)
+    from trtpipe.review import commands as review  # noqa: F401  (registers check, explain, diff, fmt, docs)
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     args = _main_parser().parse_args(argv)
-    from .console import UI
+    from trtpipe.console import UI
     ui = UI(quiet=args.quiet, verbose=args.verbose)
 
     def job():
-        from .run import RunOptions, run_recipe
+        from trtpipe.stages.run import RunOptions, run_recipe
         run_recipe(args.recipe, ui, RunOptions(validate=not args.no_validate, debug=args.debug,
                                                   output_dir=args.output_dir, cache_dir=args.cache_dir,
                                                   force=args.force, from_stage=args.from_stage))
 
     return guarded(job, ui, args.debug)
-
-
-def guarded(job, ui, debug):
-    """Run `job`, turning user errors into a message + documented exit code."""
-    try:
-        job()
-        return EXIT_OK
-    except PipelineError as err:
-        if debug:
-            import traceback
-            traceback.print_exc()
-        ui.error(str(err), err.exit_code)
-        return err.exit_code
-    except KeyboardInterrupt:
-        ui.error("interrupted; nothing was published", 130)
-        return 130
 
 
 @command("passes")
@@ -103,14 +79,14 @@ def cmd_passes(argv):
                                      description="List registered graph-surgery passes with their parameters.")
     parser.add_argument("name", nargs="?", help="show one pass in full")
     args = parser.parse_args(argv)
-    from . import registry
-    from .docs import pass_markdown, pass_names_table
-    from .console import UI
+    from trtpipe import registry
+    from trtpipe.console import UI
+    from trtpipe.review.docs import pass_markdown, pass_names_table
     ui = UI()
     if args.name:
         info = registry.get(args.name)
         if info is None:
-            from .schema_check import suggest
+            from trtpipe.errors import suggest
             ui.error(f"unknown pass '{args.name}'{suggest(args.name, registry.names())}", EXIT_USAGE)
             return EXIT_USAGE
         from rich.markdown import Markdown
@@ -135,8 +111,8 @@ def cmd_cache(argv):
     prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     _cache_dir_flag(prune)
     args = parser.parse_args(argv)
-    from . import cache
-    from .console import UI
+    from trtpipe import cache
+    from trtpipe.console import UI
     ui = UI()
     root, how = cache.resolve_dir(args.cache_dir)
     store = cache.Cache(root, warn=ui.warn)

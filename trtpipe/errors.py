@@ -4,6 +4,8 @@ Every error a user can cause is one of these; the CLI prints `str(err)` (no trac
 --debug) and exits with `err.exit_code`. Codes are documented in README.md and `--help`.
 """
 
+import difflib
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1      # a bug in trt-pipeline itself (traceback shown)
 EXIT_USAGE = 2         # bad command line
@@ -70,3 +72,21 @@ class BuildError(PipelineError):
 class OutputError(PipelineError):
     exit_code = EXIT_OUTPUT
     stage = "output"
+
+
+def suggest(word: object, candidates: "list[object] | set[object] | tuple[object, ...]", cutoff: float = 0.6) -> str:
+    """A did-you-mean suffix for an error message: `" (did you mean 'x'?)"`, or `""`.
+
+    Args:
+        word: what the user wrote (any value; compared as text).
+        candidates: the valid choices.
+        cutoff: difflib similarity ratio a match needs (0.6 is difflib.get_close_matches' default).
+    """
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def did_you_mean(word: str, choices: "list[str] | set[str] | tuple[str, ...]") -> "str | None":
+    """A hint naming up to 3 close matches of `word` among `choices` (difflib cutoff 0.5), or None."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    return "did you mean " + " or ".join(map(repr, close)) + "?" if close else None

@@ -1,23 +1,25 @@
-"""The pass registry: name -> (function, parameter schema, docs).
+"""The pass registry: name -> (function, parameter schema, docs), and the PassContext a pass gets.
 
 Built-in passes live one per file in `passes/`; their parameter schemas in
 `schemas/passes/<name>.schema.json`. Third-party packages add passes through the entry-point
 group `trt_pipeline.passes` (each entry point is a module or callable that calls
-`register_pass` when loaded).
+`register_pass` when loaded). Pass authors import all of this from `trtpipe` itself.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import importlib
 import inspect
-import json
 import pkgutil
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from .errors import PassError
+from trtpipe.errors import PassError
 
 ENTRY_POINT_GROUP = "trt_pipeline.passes"
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "passes"
 
 _PASSES = {}
 _loaded = False
@@ -25,43 +27,52 @@ _loaded = False
 
 @dataclasses.dataclass
 class PassInfo:
+    """A registered pass: its function, parameter schema and the module that registered it."""
+
     name: str
-    func: object
+    func: Callable
     schema: dict
     origin: str  # module that registered it
-    precheck: object = None  # optional precheck(params, ctx): raise PassError before any conversion
+    precheck: Callable | None = None  # precheck(params, ctx): raise before any conversion
 
     @property
-    def summary(self):
+    def summary(self) -> str:
+        """First line of the pass's docs."""
         return (self.doc.splitlines() or [""])[0]
 
     @property
-    def doc(self):
-        return inspect.cleandoc(self.func.__doc__ or inspect.getmodule(self.func).__doc__ or "")
-
-    @property
-    def version(self):
-        """Hash of the pass's source module, so caches notice code changes."""
-        import hashlib
-        source = inspect.getsource(inspect.getmodule(self.func))
-        return hashlib.sha256(source.encode()).hexdigest()[:16]
+    def doc(self) -> str:
+        """The pass's documentation: its module docstring (what graph problem it solves), else the
+        function's."""
+        module = inspect.getmodule(self.func)
+        return inspect.cleandoc((module.__doc__ if module else None) or self.func.__doc__ or "")
 
 
-def register_pass(name, schema=None, precheck=None):
-    """Decorator: register `func(graph, params, ctx) -> graph` under `name`.
+def register_pass(name: str, schema: dict | None = None,
+                  precheck: Callable[[dict, PassContext], None] | None = None) -> Callable:
+    """Decorator: register `func(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph`
+    under `name`.
 
-    `schema` is the parameter JSON Schema; built-ins leave it None and keep it in
-    schemas/passes/<name>.schema.json. `precheck(params, ctx)` may refuse a configuration that
-    cannot work with the chosen backend (e.g. a plugin it lacks) before any conversion starts.
+    Args:
+        name: the name recipes use (`- pass: <name>`).
+        schema: the parameters' JSON Schema (strict: `additionalProperties: false`); built-in
+            passes leave it None and keep it in schemas/passes/<name>.schema.json.
+        precheck: `precheck(params, ctx)` may refuse, by raising a PipelineError, a configuration
+            that cannot work with the chosen backend (e.g. a plugin it lacks) before any
+            conversion starts; `check` runs it too.
+
+    Raises:
+        RuntimeError: no schema was given or shipped, or `name` is taken by another function.
     """
+    from trtpipe.recipe.schema import has_schema, load_schema
 
     def wrap(func):
         if schema is None:
-            path = SCHEMA_DIR / f"{name}.schema.json"
-            if not path.exists():
-                raise RuntimeError(f"pass '{name}' has no parameter schema at {path}")
-            with open(path) as f:
-                resolved = json.load(f)
+            where = f"passes/{name}.schema.json"
+            if not has_schema(where):
+                raise RuntimeError(f"pass '{name}' has no parameter schema: pass one to register_pass "
+                                   f"(built-in passes ship schemas/{where})")
+            resolved = load_schema(where)
         else:
             resolved = schema
         existing = _PASSES.get(name)
@@ -73,8 +84,12 @@ def register_pass(name, schema=None, precheck=None):
     return wrap
 
 
-def load_all():
-    """Import built-in passes and entry-point plugins once."""
+def load_all() -> None:
+    """Import built-in passes and entry-point plugins once.
+
+    Raises:
+        PassError: a third-party entry point failed to import (its name, value and error).
+    """
     global _loaded
     if _loaded:
         return
@@ -90,31 +105,35 @@ def load_all():
             raise PassError(f"third-party pass entry point '{ep.name}' ({ep.value}) failed to load: {err}")
 
 
-def get(name):
+def get(name: str) -> PassInfo | None:
+    """The registered pass `name`, or None."""
     load_all()
     return _PASSES.get(name)
 
 
-def names():
+def names() -> list[str]:
+    """Sorted names of every registered pass."""
     load_all()
     return sorted(_PASSES)
 
 
-def all_passes():
+def all_passes() -> list[PassInfo]:
+    """Every registered pass, sorted by name."""
     load_all()
     return [_PASSES[n] for n in sorted(_PASSES)]
 
 
 @dataclasses.dataclass
 class PassContext:
-    """What a pass may know about the run besides its graph and parameters."""
+    """What a pass may know about the run besides its graph and parameters, and what it hands on
+    to later stages (input contract, output map, artifacts, NMS post-processing)."""
 
     name: str = "model"             # recipe name, for artifact file names
     backend: str = "tensorrt_rtx"
-    backend_version: tuple = None
-    recipe_dir: Path = None
+    backend_version: tuple | None = None
+    recipe_dir: Path | None = None
     plugin_libraries: list = dataclasses.field(default_factory=list)  # build.plugins, resolved
-    stage_dir: Path = None
+    stage_dir: Path | None = None
     # new input name -> how to derive it from the source model's input (set_input, replace_preprocessing)
     input_contract: dict = dataclasses.field(default_factory=dict)
     # final output name -> source output name (rename, set_outputs)
@@ -122,14 +141,26 @@ class PassContext:
     # artifact name -> path, published next to the plan (e.g. the NMS post-processing model)
     artifacts: dict = dataclasses.field(default_factory=dict)
     # set by an NMS `split`: how the post-processing model completes the engine (see docs/architecture.md)
-    postprocess: dict = None
+    postprocess: dict | None = None
     notes: list = dataclasses.field(default_factory=list)
-    logger: object = None
+    logger: Callable[[str], Any] | None = None
 
-    def log(self, msg):
+    def log(self, msg: str) -> None:
+        """A note for the report and `-v` output."""
         self.notes.append(msg)
         if self.logger:
             self.logger(msg)
 
-    def add_artifact(self, name, path):
+    def add_artifact(self, name: str, path: str | Path) -> None:
+        """Publish `path` (a file the pass wrote inside `stage_dir`) next to the plan as `name`."""
         self.artifacts[name] = Path(path)
+
+    def require_plugin(self, plugin: str, version: str = "1", namespace: str = "") -> None:
+        """Refuse, before any conversion, when the run's backend has no creator for `plugin`.
+
+        Raises:
+            BuildError: the backend's plugin registry lacks it (or the backend is not installed).
+        """
+        from trtpipe.backend import resolve_backend
+        from trtpipe.stages.build.plugins import require_plugin
+        require_plugin(resolve_backend(self.backend), plugin, version, namespace)

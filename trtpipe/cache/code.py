@@ -1,0 +1,138 @@
+"""The code a cached output depends on, found from imports rather than listed by hand.
+
+A stage's (or pass's) cache key must change when any project module that computes its output
+changes. `code_digest(roots)` walks the import statements of the root modules (at any depth:
+function-level imports count too), follows every import that names a module of the same
+project (the roots' top-level packages and `trtpipe`), and hashes the files it reaches. Editing a
+helper a pass imports therefore re-runs that pass; editing a module nothing in the closure
+imports does not.
+
+Not followed: the cache's own bookkeeping (`trtpipe.cache`, `trtpipe.stages.run_state`), which
+decides where outputs are stored, not what they contain; the store's `FORMAT` covers that.
+Dynamic imports (`importlib.import_module`) are invisible to this walk: project code does not
+use them on a stage's path (the pass registry's discovery is not part of any output).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+NOT_FOLLOWED = ("trtpipe.cache", "trtpipe.stages.run_state")
+
+_parsed: dict[str, tuple[tuple, str, list[str]]] = {}  # path -> (stamp, sha256, imported module names)
+
+
+def code_digest(roots: list[str]) -> str:
+    """sha256 over (module name, file sha256) of every project module the roots import, transitively.
+
+    Args:
+        roots: dotted module names (e.g. "trtpipe.stages.build.plan", "passes.nms").
+
+    Raises:
+        ModuleNotFoundError: a root cannot be found.
+    """
+    files = import_closure(roots)
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{_scan(files[name])[0]}\n".encode())
+    return h.hexdigest()
+
+
+def import_closure(roots: list[str]) -> dict[str, Path]:
+    """{module name: source file} of the roots and every project module they import, transitively
+    (package `__init__.py` files on the way included).
+
+    Raises:
+        ModuleNotFoundError: a root cannot be found.
+    """
+    project = {r.split(".")[0] for r in roots} | {"trtpipe"}
+    found: dict[str, Path] = {}
+    todo = list(roots)
+    for root in roots:
+        if module_file(root) is None:
+            raise ModuleNotFoundError(f"no module named {root!r}", name=root)
+    while todo:
+        name = todo.pop()
+        if name in found or _not_followed(name) or name.split(".")[0] not in project:
+            continue
+        path = module_file(name)
+        if path is None:
+            continue  # `from pkg import attr`: attr is no module; pkg itself is queued separately
+        found[name] = path
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        todo += _imports(name, path)
+    return found
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of module `name` (a package's `__init__.py`), found without importing it
+    (only its top-level package is looked up, which is already imported for project code)."""
+    top, *rest = name.split(".")
+    spec = sys.modules[top].__spec__ if top in sys.modules else importlib.util.find_spec(top)
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for base in spec.submodule_search_locations or []:
+        p = Path(base).joinpath(*rest)
+        if (p / "__init__.py").is_file():
+            return p / "__init__.py"
+        if p.with_suffix(".py").is_file():
+            return p.with_suffix(".py")
+    return None
+
+
+def _not_followed(name: str) -> bool:
+    return any(name == n or name.startswith(n + ".") for n in NOT_FOLLOWED)
+
+
+def _imports(name: str, path: Path) -> list[str]:
+    return _scan(path)[1] if not path.name == "__init__.py" else _scan(path, package=name)[1]
+
+
+def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
+    """(sha256 of the file, absolute names it imports, each `from x import y` as both x and x.y)."""
+    st = path.stat()
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ino, package)
+    hit = _parsed.get(str(path))
+    if hit and hit[0] == stamp:
+        return hit[1], hit[2]
+    data = path.read_bytes()
+    module = package or _module_name(path)
+    names: list[str] = []
+    for node in ast.walk(ast.parse(data, filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, is_package=package is not None)
+            if base:
+                names.append(base)
+                names += [f"{base}.{a.name}" for a in node.names if a.name != "*"]
+    value = (hashlib.sha256(data).hexdigest(), names)
+    _parsed[str(path)] = (stamp, *value)
+    return value
+
+
+def _module_name(path: Path) -> str:
+    """Dotted name of a non-package module file, from the packages (folders with __init__.py) above it."""
+    parts = [path.stem]
+    parent = path.parent
+    while (parent / "__init__.py").is_file():
+        parts.insert(0, parent.name)
+        parent = parent.parent
+    return ".".join(parts)
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None:
+    if not node.level:
+        return node.module
+    parts = module.split(".")
+    keep = len(parts) - node.level + (1 if is_package else 0)
+    if keep < 1:
+        return None
+    return ".".join(parts[:keep] + ([node.module] if node.module else []))

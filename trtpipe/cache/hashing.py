@@ -1,0 +1,111 @@
+"""Content hashes that cache keys are made of: canonical JSON digests, file and directory hashes
+remembered across runs, the versions of the libraries a stage uses, and the files a recipe value
+names. The code a stage depends on is hashed by cache/code.py."""
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from importlib import metadata
+from pathlib import Path
+
+from trtpipe.cache.files import all_tensors, atomic_write, sha256_file
+
+
+def digest(obj):
+    """sha256 of a JSON-able value in canonical form."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def versions(*dists):
+    """{distribution: installed version or None}, read from metadata: importing TensorFlow to
+    ask it would cost seconds."""
+    found = {}
+    for name in dists:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+class Hasher:
+    """sha256 of files and directories, remembered per (path, size, mtime, inode) under the cache
+    so a re-run does not re-read gigabytes of unchanged weights. A file modified within the last
+    2 s is always re-read (its mtime may not have ticked yet)."""
+
+    def __init__(self, root=None):
+        self.root = Path(root) / "filehash" if root else None
+        self._mem = {}
+
+    def file(self, path):
+        path = Path(path).resolve()
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        if str(path) in self._mem and self._mem[str(path)][0] == stamp:
+            return self._mem[str(path)][1]
+        memo = self.root / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json" if self.root else None
+        fresh = time.time() - st.st_mtime < 2
+        if memo and not fresh:
+            try:
+                saved = json.loads(memo.read_text())
+                if saved["stamp"] == stamp:
+                    self._mem[str(path)] = (stamp, saved["sha256"])
+                    return saved["sha256"]
+            except (OSError, ValueError, KeyError):
+                pass
+        value = sha256_file(path)
+        self._mem[str(path)] = (stamp, value)
+        if memo and not fresh:
+            with contextlib.suppress(OSError):
+                atomic_write(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": value}).encode())
+        return value
+
+    def tree(self, directory):
+        """Hash of a directory's files (relative names + contents)."""
+        directory = Path(directory)
+        files = sorted(p for p in directory.rglob("*") if p.is_file())
+        return digest([[p.relative_to(directory).as_posix(), self.file(p)] for p in files])
+
+    def path(self, path):
+        return self.tree(path) if Path(path).is_dir() else self.file(path)
+
+    def onnx_file(self, path):
+        """An ONNX file plus the external data files it names."""
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+        path = Path(path)
+        own = self.file(path)
+        key = ("deps", str(path.resolve()), own)
+        if key not in self._mem:
+            try:
+                model = onnx.load(str(path), load_external_data=False)
+                locations = sorted({ExternalDataInfo(t).location for t in all_tensors(model) if uses_external_data(t)})
+            except Exception:  # unreadable: the source stage reports it; hash what is there
+                locations = []
+            self._mem[key] = locations
+        deps = [[loc, self.file(path.parent / loc)] for loc in self._mem[key] if (path.parent / loc).is_file()]
+        return digest([own, deps])
+
+
+def referenced_files(value, base, hasher):
+    """Content hashes of files/directories named by string values (pass parameters, data specs)."""
+    found = {}
+
+    def walk(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and v and len(v) < 4096 and ("/" in v or "." in v):
+            p = Path(v) if os.path.isabs(v) else Path(base or ".") / v
+            with contextlib.suppress(OSError, ValueError):
+                # not the recipe's own directory or a parent of it ("." or ".."): no tree to hash there
+                if p.exists() and not Path(base or ".").resolve().is_relative_to(p.resolve()):
+                    found[v] = hasher.path(p)
+    walk(value)
+    return found

@@ -1,0 +1,206 @@
+"""Stage 1: recipe file -> `Recipe`.
+
+Reads the YAML (keeping line/column marks), checks it against schemas/recipe.schema.json, checks
+every pass name and its parameters against the pass registry, checks what a schema cannot say
+(profile shape consistency, unique profile names), fills defaults and resolves paths against the
+recipe's directory. All errors are collected and reported together, each with file:line:col.
+"""
+
+import dataclasses
+import hashlib
+import importlib.util
+from pathlib import Path
+
+from trtpipe import registry
+from trtpipe.errors import RecipeError
+from trtpipe.recipe.resolved import BuildSettings, Precision, Tolerances, parse_size, resolve_values  # noqa: F401
+from trtpipe.recipe.schema import fill_defaults, key_path, load_schema, schema_errors, suggest
+from trtpipe.recipe.yamlmarks import load_yaml_with_marks
+
+
+@dataclasses.dataclass
+class Recipe:
+    path: Path
+    text: str
+    raw: dict            # as written
+    data: dict           # defaults filled, paths absolute
+    marks: object
+    defaults: set        # key paths whose values came from defaults
+
+    @property
+    def name(self):
+        return self.data["name"]
+
+    @property
+    def dir(self):
+        return self.path.parent
+
+    @property
+    def sha256(self):
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def locate(self, path):
+        return self.marks.locate(path)
+
+    @property
+    def precision(self) -> Precision:
+        """The normalized precision (mode and its options)."""
+        return Precision.of(self.data)
+
+    @property
+    def tolerances(self) -> Tolerances:
+        """Validation tolerances, defaults following from the precision filled in."""
+        return Tolerances.of(self.data)
+
+    @property
+    def build(self) -> BuildSettings:
+        """The resolved build settings."""
+        return BuildSettings.of(self.data)
+
+    def enabled_passes(self):
+        return [(i, p) for i, p in enumerate(self.data["passes"]) if p.get("enabled", True)]
+
+
+def load_recipe(path):
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        near = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
+        raise RecipeError(f"{path}: recipe file not found{suggest(path.name, near)}")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: cannot read recipe: {err}")
+    raw, marks = load_yaml_with_marks(text, str(path))
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}:1:1: a recipe must be a YAML mapping with at least `name:` and `source:`, "
+                          f"got {type(raw).__name__}")
+    errors = list(schema_errors(raw, load_schema("recipe.schema.json")))
+    errors += _check_passes(raw) + _check_build(raw)
+    if errors:
+        errors.sort(key=lambda e: marks.line(e[0]) or marks.line(e[0][:-1]) or 0)
+        lines = [f"{marks.locate(p)}: {key_path(p)}: {msg}" for p, msg in errors]
+        noun = "error" if len(lines) == 1 else "errors"
+        raise RecipeError(f"{path}: {len(lines)} recipe {noun}:\n  " + "\n  ".join(lines))
+    data = fill_defaults(raw, load_schema("recipe.schema.json"))
+    data["passes"] = [_fill_pass_defaults(item) for item in data["passes"]]
+    defaults = _default_paths(raw, data)
+    _resolve(data, path.parent.resolve(), marks.locate)
+    resolve_values(data, marks.locate)
+    return Recipe(path.resolve(), text, raw, data, marks, defaults)
+
+
+def _check_passes(raw):
+    errors = []
+    known = registry.names()
+    items = raw.get("passes")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict) or not isinstance(item.get("pass"), str):
+            continue  # the schema check already reported it
+        info = registry.get(item["pass"])
+        if info is None:
+            errors.append(((("passes", i, "pass")),
+                           f"unknown pass '{item['pass']}'{suggest(item['pass'], known)}; "
+                           f"`python pipeline.py passes` lists them"))
+            continue
+        if isinstance(item.get("params", {}), dict):
+            errors += list(schema_errors(item.get("params") or {}, info.schema, ("passes", i, "params")))
+    return errors
+
+
+def _check_build(raw):
+    """What the schema cannot say; skips anything the schema check already found malformed."""
+    build = raw.get("build")
+    if not isinstance(build, dict):
+        return []
+    errors = []
+    seen = {}
+    profiles = build.get("profiles")
+    for i, prof in enumerate(profiles if isinstance(profiles, list) else []):
+        if not isinstance(prof, dict) or not isinstance(prof.get("name"), str) or not isinstance(prof.get("inputs"), dict):
+            continue
+        if prof["name"] in seen:
+            errors.append((("build", "profiles", i, "name"),
+                           f"duplicate profile name '{prof['name']}' (also profiles[{seen[prof['name']]}])"))
+        seen.setdefault(prof["name"], i)
+        for inp, dims in prof["inputs"].items():
+            if not (isinstance(dims, dict) and all(isinstance(dims.get(k), list) for k in ("min", "opt", "max"))):
+                continue
+            if not all(isinstance(d, int) for k in ("min", "opt", "max") for d in dims[k]):
+                continue
+            errors += _check_profile_dims(("build", "profiles", i, "inputs", inp), inp, dims)
+    return errors
+
+
+def _check_profile_dims(path, name, dims):
+    lo, opt, hi = dims["min"], dims["opt"], dims["max"]
+    if not len(lo) == len(opt) == len(hi):
+        return [(path, f"input '{name}': min, opt and max must have the same rank, got {lo}, {opt}, {hi}")]
+    bad = [d for d in range(len(lo)) if not lo[d] <= opt[d] <= hi[d]]
+    if bad:
+        return [(path, f"input '{name}': need min <= opt <= max in every dimension; "
+                       f"dimension {bad[0]} has min={lo[bad[0]]}, opt={opt[bad[0]]}, max={hi[bad[0]]}")]
+    return []
+
+
+def _fill_pass_defaults(item):
+    info = registry.get(item["pass"])
+    item = dict(item)
+    item["params"] = fill_defaults(item.get("params") or {}, info.schema)
+    return item
+
+
+def _default_paths(raw, data, prefix=()):
+    """Key paths present in `data` only because of defaults (for `explain` and the report)."""
+    out = set()
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if not isinstance(raw, dict) or k not in raw:
+                out.add(prefix + (k,))
+            else:
+                out |= _default_paths(raw[k], v, prefix + (k,))
+    elif isinstance(data, list) and isinstance(raw, list):
+        for i, (r, d) in enumerate(zip(raw, data)):
+            out |= _default_paths(r, d, prefix + (i,))
+    return out
+
+
+def _resolve(data, base, locate):
+    """Make recipe paths absolute (relative to the recipe) and expand name placeholders."""
+    src = data["source"]
+    if "onnx" in src:  # SavedModel-only settings mean nothing for an ONNX source
+        for key in ("signature", "tag", "opset", "large_model"):
+            src.pop(key, None)
+    for key in ("onnx", "saved_model"):
+        if key in src:
+            src[key] = resolve_path(src[key], base)
+    build = data["build"]
+    if build.get("timing_cache"):
+        build["timing_cache"] = str((base / build["timing_cache"]).resolve())
+    build["plugins"] = [str((base / p).resolve()) for p in build["plugins"]]
+    out = data["output"]
+    name = data["name"]
+    out["dir"] = str((base / out["dir"].replace("<name>", name)).resolve())
+    out["plan"] = out["plan"].replace("<name>", name)
+    out["onnx"] = out["onnx"].replace("<name>", name)
+    reserved = {f"{name}.source.onnx": "the converted source model", "report.json": "the report",
+                "report.md": "the report"}
+    taken = {**reserved, out["plan"]: "output.plan"}
+    if out["onnx"] in taken:
+        raise RecipeError(f"{locate(('output', 'onnx'))}: output.onnx: '{out['onnx']}' is already the name of {taken[out['onnx']]}",
+                          hint="give the final ONNX model its own file name")
+    if out["plan"] in reserved:
+        raise RecipeError(f"{locate(('output', 'plan'))}: output.plan: '{out['plan']}' is already the name of "
+                          f"{reserved[out['plan']]}",
+                          hint="give the plan its own file name")
+
+
+def resolve_path(value, base):
+    """Recipe paths are relative to the recipe; `pkg:<package>/<path>` names a file shipped inside
+    an installed Python package (e.g. the onnx wheel's model-zoo test graphs)."""
+    if value.startswith("pkg:"):
+        package, _, rest = value[4:].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return str(Path(value))  # the source stage reports the missing file
+        return str(Path(list(spec.submodule_search_locations)[0]) / rest)
+    return str((base / value).resolve())

@@ -1,0 +1,148 @@
+"""Canonical recipe formatting: schema key order, 2-space indentation, every comment kept.
+
+Recipes are reviewed as diffs, so two people writing the same recipe should produce the same
+bytes. Keys are ordered as the schemas list them (recipe.schema.json for the recipe, each pass's
+own schema for its `params`); keys a schema does not know keep their relative order after the
+known ones. ruamel.yaml's round trip keeps quoting, flow/block style and scalar spelling.
+
+Comments need more care than ruamel gives them: it attaches a comment line to the *preceding*
+value, so moving a key would drag along the comment that introduces the next key. Every comment
+is therefore taken out, the reordered data dumped without comments, and each comment put back
+next to its key (trtpipe/yaml_comments.py).
+
+The result is checked to load to exactly the same data as the input, so formatting can never
+change what a recipe means.
+"""
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import Comment, CommentedBase, CommentedMap, CommentedSeq
+
+from trtpipe import registry
+from trtpipe.recipe.schema import load_schema
+from trtpipe.recipe.yamlmarks import load_yaml_with_marks
+from trtpipe.review.yaml_comments import Comments
+
+
+def _yaml():
+    y = YAML(typ="rt")
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 4096  # never re-wrap long values: wrapping changes make noisy diffs
+    y.preserve_quotes = True
+    return y
+
+
+def format_text(text, filename="<recipe>"):
+    """Return the canonical form of recipe `text`.
+
+    Raises RecipeError (YAML syntax error, duplicate key) with the same file:line:col message a
+    run gives. Text that is not a YAML mapping is returned unchanged (`check` reports it)."""
+    data, _ = load_yaml_with_marks(text, str(filename))
+    if not isinstance(data, dict) or not data:
+        return text
+    layout = Comments(text)
+    y = _yaml()
+    doc = y.load(text)
+    _strip_comments(doc)
+    _reorder(doc, load_schema("recipe.schema.json"))
+    out = io.StringIO()
+    y.dump(doc, out)
+    result = layout.weave(out.getvalue())
+    again, _ = load_yaml_with_marks(result, str(filename))
+    if again != data:  # a formatter bug must never silently change a recipe
+        raise RuntimeError(f"{filename}: formatting would change the recipe's data; file left unchanged")
+    if Comments(result).texts() != layout.texts():  # ... nor drop a comment
+        raise RuntimeError(f"{filename}: formatting would lose or duplicate a comment; file left unchanged")
+    return result
+
+
+def first_difference(text, formatted):
+    """1-based line number of the first line where `formatted` differs from `text` (None if equal)."""
+    a, b = text.splitlines(), formatted.splitlines()
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i + 1
+    return None if len(a) == len(b) and text.endswith("\n") == formatted.endswith("\n") else min(len(a), len(b)) + 1
+
+
+def write_atomically(path, text):
+    """Replace `path` with `text` through a temp file + rename; keeps the file's permissions and
+    writes through a symlink to its target."""
+    path = Path(os.path.realpath(path))
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------ key order
+
+def _branches(schema):
+    """The schema and the sub-schemas whose properties apply to the same object."""
+    out = [schema]
+    for key in ("then", "else"):
+        if isinstance(schema.get(key), dict):
+            out.append(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        out += [s for s in schema.get(key, []) if isinstance(s, dict)]
+    return out
+
+
+def key_order(schema):
+    order = []
+    for s in _branches(schema):
+        order += [k for k in s.get("properties", {}) if k not in order]
+    return order
+
+
+def sub_schema(schema, key):
+    for s in _branches(schema):
+        if key in s.get("properties", {}):
+            return s["properties"][key]
+    for s in _branches(schema):
+        if isinstance(s.get("additionalProperties"), dict):
+            return s["additionalProperties"]
+    return None
+
+
+def _reorder(node, schema):
+    if not isinstance(schema, dict):
+        return
+    if isinstance(node, CommentedMap):
+        rank = {k: i for i, k in enumerate(key_order(schema))}
+        original = list(node)
+        for key in sorted(original, key=lambda k: (rank.get(k, len(rank)), original.index(k))):
+            node.move_to_end(key)
+        for key, value in node.items():
+            sub = sub_schema(schema, key)
+            if key == "params" and isinstance(node.get("pass"), str) and "pass" in rank:
+                info = registry.get(node["pass"])  # a pass's params follow the pass's own schema
+                sub = info.schema if info else None
+            _reorder(value, sub)
+    elif isinstance(node, CommentedSeq) and isinstance(schema.get("items"), dict):
+        for item in node:
+            _reorder(item, schema["items"])
+
+
+def _strip_comments(node):
+    if isinstance(node, CommentedBase):
+        setattr(node, Comment.attrib, Comment())
+    if isinstance(node, dict):
+        for value in node.values():
+            _strip_comments(value)
+    elif isinstance(node, list):
+        for value in node:
+            _strip_comments(value)

@@ -1,0 +1,39 @@
+"""The build stage, cached: the final ONNX model -> a serialized plan (build.py), keyed by the
+model, build settings, backend and target device. Unless the recipe names a timing cache, one
+per backend + device is kept in the cache directory."""
+
+import shutil
+
+from trtpipe.cache.files import sha256_file
+
+
+def run(state, final, final_path, plan_path):
+    """Returns (BuildResult, the plan's sha256); the plan is copied to `plan_path`."""
+    from trtpipe.stages.build.plan import BuildResult, build_plan
+    recipe, ui, backend = state.recipe, state.ui, state.backend
+    ui.stage("build", f"{backend.name} {backend.version}")
+    key = state.keys.build(final.sha)
+    entry = state.lookup("build", key, "build", verify=["plan"])
+    if entry is not None:
+        shutil.copyfile(entry.path("plan"), plan_path)
+        summary = dict(entry.meta["summary"])
+        size = summary.pop("plan_bytes")
+        result = BuildResult(plan=b"", **summary)
+        state.timings["build"] = ui.done(f"cached: plan {size / 2**20:.2f} MiB")
+        return result, entry.meta["plan_sha"]
+    build_cfg = dict(recipe.data["build"])
+    implicit = not build_cfg.get("timing_cache")
+    if implicit:
+        build_cfg["timing_cache"] = str(state.cache.timing_cache_path(backend, state.keys.device()))
+    result = build_plan(str(final_path), build_cfg, backend, locate=recipe.locate, progress=ui, log=ui.detail)
+    if implicit:  # the recipe did not ask for a timing cache: no notes about it in the report
+        result.warnings = [w for w in result.warnings if "timing cache" not in w]
+        result.timing_cache = None
+    with state.cache.writer("build", key) as w:
+        (w.dir / "plan").write_bytes(result.plan)
+        sha = sha256_file(w.dir / "plan")
+        w.meta = {"summary": result.summary(), "plan_sha": sha}
+        entry = w.commit("build")
+    shutil.copyfile(entry.path("plan"), plan_path)
+    state.timings["build"] = ui.done(f"plan {len(result.plan) / 2**20:.2f} MiB")
+    return result, sha

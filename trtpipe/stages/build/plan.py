@@ -1,0 +1,419 @@
+"""Stage: final ONNX model + recipe `build` section -> serialized plan bytes.
+
+One code path for tensorrt 10.x/11.x and TensorRT-RTX (modern API only: strongly typed network,
+OnnxParser.parse_from_file, memory-pool limits, build_serialized_network). Every failure is a
+BuildError that says which node, layer, input or recipe line is at fault, never a bare
+"failed to build engine". Writing the plan is publish's job: this returns bytes.
+"""
+
+import contextlib
+import difflib
+import os
+import re
+import tempfile
+import textwrap
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import onnx
+
+from trtpipe.stages.build import plugins as plugin_mod
+from trtpipe.stages.build.errors import build_failure, grab_stderr, parser_failure
+from trtpipe.backend import rtx_supported_ccs
+from trtpipe.errors import BuildError, OutputError, RecipeError
+
+_MEMORY_RE = {
+    "activation_bytes": re.compile(r"Total Activation Memory:\s*(\d+)"),
+    "weights_bytes": re.compile(r"Total Weights Memory:\s*(\d+)"),
+}
+# Messages that are noise here: RTX follows every API error with a CUDA probe that fails on a
+# CPU-only machine, and warns when a second builder brings its own logger.
+_NOISE = ("catchCudaError", "logger passed into createInferBuilder differs")
+_BUILD_LOCK = threading.Lock()  # one build at a time: the logger is process-wide
+
+
+class BuildConfigError(RecipeError, BuildError):
+    """A recipe mistake that only shows against the parsed network (profiles naming inputs it lacks,
+    wrong ranks or static dims, a missing profile, an unknown compute capability): it is located in
+    the recipe and exits with the recipe code, yet is still a BuildError for callers of build_plan."""
+
+
+@dataclass
+class BuildResult:
+    plan: bytes
+    backend: str
+    backend_version: str
+    compute_capabilities: list  # None on tensorrt (it builds for the local GPU)
+    duration_s: float
+    inputs: list                # [{"name", "dtype", "shape"}], -1 for dynamic dims
+    outputs: list
+    memory: dict = None         # {"activation_bytes", "weights_bytes"} when the builder printed them
+    num_layers: int = 0         # network layers after parsing (before builder fusion)
+    warnings: list = field(default_factory=list)
+    profiles: list = field(default_factory=list)  # profile names, in TensorRT's profile order
+    timing_cache: str = None
+
+    def summary(self):
+        """Everything but the plan bytes (for the report)."""
+        return {k: v for k, v in self.__dict__.items() if k != "plan"} | {"plan_bytes": len(self.plan)}
+
+
+def build_plan(model_path, build_cfg, backend, *, locate=None, progress=None, log=None):
+    log = log or (lambda msg: None)
+    model_path = str(model_path)
+    if not os.path.isfile(model_path):
+        raise BuildError(f"model file {model_path} does not exist")
+    cfg = _with_defaults(build_cfg)
+    t0 = time.perf_counter()
+    with _BUILD_LOCK, _capture(backend.trt) as cap:
+        builder = backend.trt.Builder(cap.logger)
+        # The parser owns the imported weights: keep it alive until the plan is serialized.
+        network, parser, model, notes = _parse(backend, builder, cap, model_path, cfg, locate, log)
+        inputs = _tensors(network.num_inputs, network.get_input)
+        outputs = _tensors(network.num_outputs, network.get_output)
+        log(f"network: {network.num_layers} layers, inputs "
+            + ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in inputs))
+        config, ccs = _configure(backend, builder, cfg, inputs, model, locate, log)
+        if cfg["timing_cache"]:
+            _load_timing_cache(backend, config, cfg["timing_cache"], notes, log)
+        monitor = _attach_progress(backend.trt, config, progress)
+
+        log(f"building with {backend.label}" + (f" for compute capability {', '.join(ccs)}" if ccs else ""))
+        cap.reset()
+        serialized = builder.build_serialized_network(network, config)
+        if monitor is not None and monitor.error is not None:
+            raise monitor.error
+        if serialized is None:
+            raise build_failure(cap, network, model, backend, ccs)
+        plan = bytes(memoryview(serialized))
+        del parser
+        if cfg["timing_cache"]:
+            _save_timing_cache(backend, config, cfg["timing_cache"], locate, log)
+        return BuildResult(
+            plan=plan, backend=backend.name, backend_version=backend.version,
+            compute_capabilities=ccs, duration_s=time.perf_counter() - t0,
+            inputs=_public(inputs), outputs=_public(outputs), memory=cap.memory or None,
+            num_layers=network.num_layers, warnings=notes + cap.warning_list(),
+            profiles=[p["name"] for p in cfg["profiles"]], timing_cache=cfg["timing_cache"])
+
+
+def _parse(backend, builder, cap, model_path, cfg, locate, log):
+    """Plugins first (the parser needs them), then the plugin check, then the parser itself."""
+    trt = backend.trt
+    regs = plugin_mod.registries(backend, builder, cap.logger)
+    plugin_mod.load_libraries(cfg["plugins"], regs[0], lambda: cap.errors, locate)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, cap.logger)
+    try:
+        model = onnx.load(model_path, load_external_data=False)  # graph only: weights stay on disk
+    except Exception as exc:
+        raise BuildError(f"{model_path} is not a readable ONNX model: {exc}") from None
+    plugin_mod.check_plugins(model, parser, regs, backend)
+
+    log(f"parsing {os.path.basename(model_path)}")
+    cap.reset()
+    with grab_stderr() as printed:
+        parsed = parser.parse_from_file(model_path)  # from the file: external data next to it works
+    if not parsed:
+        raise BuildError(parser_failure(parser, model, model_path, cap, printed.get("text", "")))
+    notes = [ln for ln in printed.get("text", "").splitlines() if ln.strip()]
+    return network, parser, model, notes
+
+
+def _configure(backend, builder, cfg, inputs, model, locate, log):
+    trt = backend.trt
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg["workspace_bytes"]))
+    config.builder_optimization_level = int(cfg["optimization_level"])
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # memory figures, layer names
+    ccs = _set_compute_capabilities(backend, config, cfg["compute_capabilities"], locate, log)
+    _add_profiles(builder, config, inputs, cfg["profiles"], _dim_names(model), locate)
+    return config, ccs
+
+
+def _with_defaults(build_cfg):
+    cfg = {"workspace_bytes": 1 << 30, "compute_capabilities": ["8.9"], "optimization_level": 3,
+           "profiles": [], "timing_cache": None, "plugins": []}
+    cfg.update({k: v for k, v in (build_cfg or {}).items() if v is not None})
+    return cfg
+
+
+def _network_flags(trt):
+    # Strongly typed: precision comes from the ONNX graph. TensorRT 11 and RTX are always strongly
+    # typed; on 10.x this flag makes the build honour the graph's types the same way.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(flag) if flag is not None else 0
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+_LOGGERS = {}
+
+
+class _Capture:
+    """What the builder said during one build: errors, warnings, memory figures."""
+
+    def __init__(self, logger):
+        self.logger = logger
+        self.errors, self.warnings, self.memory = [], [], {}
+
+    def reset(self):
+        self.errors = []
+
+    def add(self, severity, msg):
+        level = int(severity)
+        if level <= 1:
+            self.errors.append(msg)
+        elif level == 2:
+            self.warnings.append(msg)
+        elif "Total" in msg:
+            for key, rx in _MEMORY_RE.items():
+                m = rx.search(msg)
+                if m:
+                    self.memory[key] = int(m.group(1))
+
+    def error_list(self):
+        real = [e for e in self.errors if not any(n in e for n in _NOISE)]
+        return real or list(self.errors)
+
+    def warning_list(self):
+        out = []
+        for w in self.warnings:
+            if not any(n in w for n in _NOISE) and w not in out:
+                out.append(w)
+        return out
+
+
+@contextlib.contextmanager
+def _capture(trt):
+    """Route the process-wide logger into a fresh _Capture. TensorRT keeps the first logger a
+    process registers and warns about later ones, so there is exactly one per module."""
+    logger = _LOGGERS.get(trt.__name__)
+    if logger is None:
+        logger = _LOGGERS[trt.__name__] = _make_logger(trt)
+    logger.sink = cap = _Capture(logger)
+    try:
+        yield cap
+    finally:
+        logger.sink = None
+
+
+def _make_logger(trt):
+    class Recorder(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.sink = None
+
+        def log(self, severity, msg):
+            if self.sink is not None:
+                self.sink.add(severity, msg)
+
+    return Recorder()
+
+
+# --- progress --------------------------------------------------------------------------------
+
+def _attach_progress(trt, config, progress):
+    if progress is None or not hasattr(trt, "IProgressMonitor") or not hasattr(config, "progress_monitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.totals, self.error = {}, None
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.totals[phase_name] = num_steps
+            self._emit(phase_name, 0, num_steps)
+
+        def step_complete(self, phase_name, step):
+            self._emit(phase_name, step + 1, self.totals.get(phase_name, 0))
+            return self.error is None  # False cancels the build
+
+        def phase_finish(self, phase_name):
+            total = self.totals.pop(phase_name, 0)
+            self._emit(phase_name, total, total)
+
+        def _emit(self, name, current, total):
+            # An exception must not unwind through TensorRT's C++: keep it, cancel, re-raise later.
+            if self.error is None:
+                try:
+                    progress.phase(name, current, total)
+                except Exception as exc:
+                    self.error = exc
+
+    monitor = Monitor()
+    config.progress_monitor = monitor
+    return monitor
+
+
+# --- network, profiles -----------------------------------------------------------------------
+
+def _dtype(dt):
+    name = str(dt).split(".")[-1].lower()
+    return {"float": "float32", "half": "float16", "bf16": "bfloat16"}.get(name, name)
+
+
+def _tensors(count, get):
+    out = []
+    for i in range(count):
+        t = get(i)
+        out.append({"name": t.name, "dtype": _dtype(t.dtype), "shape": [int(d) for d in t.shape],
+                    "is_shape_tensor": bool(getattr(t, "is_shape_tensor", False))})
+    return out
+
+
+def _public(tensors):
+    return [{k: t[k] for k in ("name", "dtype", "shape")} for t in tensors]
+
+
+def _dim_names(model):
+    """Input name -> dims as the ONNX graph spells them (symbolic names for dynamic axes)."""
+    names = {}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        names[vi.name] = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in dims]
+    return names
+
+
+def _fmt_input(t, dim_names):
+    dims = dim_names.get(t["name"]) or []
+    shown = [dims[i] if d < 0 and i < len(dims) else str(d) for i, d in enumerate(t["shape"])]
+    return f"{t['name']} [{', '.join(shown)}] {t['dtype']}"
+
+
+def _where(locate, path):
+    return plugin_mod._where(locate, path)
+
+
+def _add_profiles(builder, config, inputs, profiles, dim_names, locate):
+    by_name = {t["name"]: t for t in inputs}
+    dynamic = [t for t in inputs if any(d < 0 for d in t["shape"]) or t["is_shape_tensor"]]
+    listing = "; ".join(_fmt_input(t, dim_names) for t in inputs)
+    if dynamic and not profiles:
+        raise BuildConfigError(
+            f"{_where(locate, ('build', 'profiles'))}the network has dynamic inputs but build.profiles is empty; "
+            "TensorRT needs an optimization profile giving min/opt/max shapes for each: "
+            + "; ".join(_fmt_input(t, dim_names) for t in dynamic),
+            hint="add to the recipe (the 1/1/8 on dynamic axes are placeholders: use the shapes you will run):\n"
+                 + textwrap.indent(_example_yaml(dynamic), "    "))
+    for i, prof in enumerate(profiles):
+        tprof = builder.create_optimization_profile()
+        for name, dims in prof["inputs"].items():
+            where = _where(locate, ("build", "profiles", i, "inputs", name))
+            t = by_name.get(name)
+            if t is None:
+                # With a single input there is only one thing the user can have meant.
+                close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.5) or (
+                    list(by_name) if len(by_name) == 1 else [])
+                raise BuildConfigError(f"{where}profile '{prof['name']}' names input '{name}', which the "
+                                       f"network does not have" + (f"; did you mean '{close[0]}'?" if close else "")
+                                       + f"\n  network inputs: {listing}")
+            _check_dims(prof["name"], t, dims, where, dim_names)
+            if t["is_shape_tensor"]:
+                tprof.set_shape_input(name, dims["min"], dims["opt"], dims["max"])
+            else:
+                tprof.set_shape(name, dims["min"], dims["opt"], dims["max"])
+        missing = [t for t in dynamic if t["name"] not in prof["inputs"]]
+        where = _where(locate, ("build", "profiles", i))
+        if missing:
+            raise BuildConfigError(f"{where}profile '{prof['name']}' gives no shapes for dynamic input(s) "
+                                   + "; ".join(_fmt_input(t, dim_names) for t in missing)
+                                   + " (every profile must cover every dynamic input)")
+        if config.add_optimization_profile(tprof) < 0:
+            raise BuildConfigError(f"{where}TensorRT rejected profile '{prof['name']}'")
+
+
+def _check_dims(pname, t, dims, where, dim_names):
+    lo, opt, hi = (list(dims[k]) for k in ("min", "opt", "max"))
+    head = f"{where}profile '{pname}', input {_fmt_input(t, dim_names)}: "
+    if t["is_shape_tensor"]:
+        return  # values of a shape tensor, not a shape: TensorRT checks them
+    rank = len(t["shape"])
+    for key, val in (("min", lo), ("opt", opt), ("max", hi)):
+        if len(val) != rank:
+            raise BuildConfigError(head + f"{key} {val} has rank {len(val)}, the input has rank {rank}")
+    for axis, d in enumerate(t["shape"]):
+        if not lo[axis] <= opt[axis] <= hi[axis]:
+            raise BuildConfigError(head + f"need min <= opt <= max on every axis; axis {axis} has "
+                                   f"min={lo[axis]}, opt={opt[axis]}, max={hi[axis]}")
+        if d >= 0 and not lo[axis] == opt[axis] == hi[axis] == d:
+            raise BuildConfigError(head + f"axis {axis} is static ({d}) but the profile gives "
+                                   f"min={lo[axis]}, opt={opt[axis]}, max={hi[axis]}")
+
+
+def _example_yaml(dynamic):
+    lines = ["build:", "  profiles:", "    - name: default", "      inputs:"]
+    for t in dynamic:
+        pick = lambda dyn: [dyn if d < 0 else d for d in t["shape"]]  # noqa: E731
+        lines.append(f"        {t['name']}: {{min: {pick(1)}, opt: {pick(1)}, max: {pick(8)}}}")
+    return "\n".join(lines)
+
+
+def _set_compute_capabilities(backend, config, ccs, locate, log):
+    if not backend.is_rtx:
+        log("tensorrt builds for the local GPU; build.compute_capabilities applies to tensorrt_rtx only")
+        return None
+    trt = backend.trt
+    members = []
+    for i, cc in enumerate(ccs):
+        member = getattr(trt.ComputeCapability, "SM" + str(cc).replace(".", ""), None)
+        if member is None:
+            raise BuildConfigError(f"{_where(locate, ('build', 'compute_capabilities', i))}compute capability "
+                                   f"{cc!r} is not supported by {backend.label}; supported: "
+                                   + ", ".join(rtx_supported_ccs(backend)))
+        members.append(member)
+    config.num_compute_capabilities = len(members)
+    for i, member in enumerate(members):
+        config.set_compute_capability(member, i)
+    return [str(cc) for cc in ccs]
+
+
+# --- timing cache ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet(backend):
+    """TensorRT-RTX warns (DeprecationWarning) on every timing-cache call: they are no-ops there."""
+    with warnings.catch_warnings():
+        if backend.is_rtx:
+            warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _load_timing_cache(backend, config, path, notes, log):
+    data = b""
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            data = fh.read()
+    with _quiet(backend):
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # some versions raise on a corrupt file instead of returning None
+            cache = None
+        if cache is None and data:
+            notes.append(f"timing cache {path} could not be read; starting a new one")
+            cache = config.create_timing_cache(b"")
+        if not config.set_timing_cache(cache, False):
+            notes.append(f"timing cache {path} does not match this device/version; starting a new one")
+            config.set_timing_cache(config.create_timing_cache(b""), False)
+    if backend.is_rtx:
+        notes.append(f"{backend.label} treats timing caches as no-ops; {os.path.basename(path)} "
+                     "is kept for tensorrt builds but speeds nothing up here")
+    log(f"timing cache {path}: " + (f"loaded {len(data)} bytes" if data else "new"))
+
+
+def _save_timing_cache(backend, config, path, locate, log):
+    with _quiet(backend):
+        blob = bytes(memoryview(config.get_timing_cache().serialize()))
+    try:  # atomic: a crash mid-write must not leave a truncated cache for the next build
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".timing-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{_where(locate, ('build', 'timing_cache'))}cannot write timing cache "
+                          f"{path}: {exc}") from None
+    log(f"timing cache {path}: saved {len(blob)} bytes")

@@ -1,0 +1,151 @@
+"""Plugin libraries and the check that every non-standard op in a graph has a plugin creator.
+
+TensorRT's ONNX parser hands any op it does not import itself to the plugin registry, looking up
+the op type as the plugin name (version/namespace from the node's `plugin_version` and
+`plugin_namespace` attributes). Checking that up front gives one clear message per missing
+plugin instead of the parser's "Plugin not found" assertion.
+"""
+
+import ctypes
+import os
+
+import onnx
+import onnx.defs
+
+from trtpipe.errors import BuildError
+
+_STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
+
+
+def registries(backend, builder, logger):
+    """The global registry (where libraries are loaded and the parser looks) and, when different,
+    the builder's (TensorRT-RTX keeps a child registry that searches its parent)."""
+    trt = backend.trt
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        # Registers the standard *_TRT plugins on tensorrt (a no-op on TensorRT-RTX).
+        trt.init_libnvinfer_plugins(logger, "")
+    regs = [trt.get_plugin_registry()]
+    own = builder.get_plugin_registry() if hasattr(builder, "get_plugin_registry") else None
+    if own is not None and own is not regs[0]:
+        regs.append(own)
+    return regs
+
+
+def load_libraries(paths, registry, captured_errors, locate=None):
+    """Load each plugin library explicitly; a failure names the file and the loader's reason."""
+    for i, path in enumerate(paths):
+        where = _where(locate, ("build", "plugins", i)) + f"build.plugins[{i}]: "
+        if not os.path.isfile(path):
+            raise BuildError(f"{where}plugin library {path} does not exist")
+        if registry.load_library(path) is None:
+            raise BuildError(f"{where}plugin library {path} could not be loaded: "
+                             f"{_dlopen_reason(path, captured_errors())}")
+
+
+def _dlopen_reason(path, errors):
+    try:
+        ctypes.CDLL(path)  # dlerror() is the precise reason (e.g. a missing libcuda.so.1)
+    except OSError as exc:
+        return str(exc)
+    return "; ".join(errors[-3:]) or "the plugin registry rejected it (not a TensorRT plugin library?)"
+
+
+def available_creators(regs):
+    """{(name, namespace): set(versions)} over all registries."""
+    out = {}
+    for reg in regs:
+        creators = (getattr(reg, "all_creators_recursive", None) or getattr(reg, "all_creators", None)
+                    or getattr(reg, "plugin_creator_list", None) or [])
+        for c in creators:
+            key = (c.name, getattr(c, "plugin_namespace", "") or "")
+            out.setdefault(key, set()).add(str(getattr(c, "plugin_version", "")))
+    return out
+
+
+def iter_nodes(graph, index_prefix=""):
+    """(index label, node) for every node, descending into Loop/If/Scan bodies."""
+    for i, node in enumerate(graph.node):
+        label = f"{index_prefix}{i}"
+        yield label, node
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else (
+                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else [])
+            for sub in subs:
+                yield from iter_nodes(sub, f"{label}/{attr.name}/")
+
+
+def plugin_ops(model, parser):
+    """Nodes the parser can only import as plugins: not a standard ONNX op, not a model-local
+    function, and not an op the parser imports natively."""
+    local = {(f.domain, f.name) for f in model.functions}
+    found = []
+    for label, node in iter_nodes(model.graph):
+        domain = node.domain or ""
+        if (domain, node.op_type) in local:
+            continue
+        if domain in _STANDARD_DOMAINS and onnx.defs.has(node.op_type, "" if domain == "ai.onnx" else domain):
+            continue  # standard op: if unsupported, the parser itself reports it
+        if hasattr(parser, "supports_operator") and parser.supports_operator(node.op_type):
+            continue
+        found.append((label, node))
+    return found
+
+
+def check_plugins(model, parser, regs, backend):
+    missing = []
+    creators = available_creators(regs)
+    for label, node in plugin_ops(model, parser):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
+                 if a.name in ("plugin_version", "plugin_namespace")}
+        version = _text(attrs.get("plugin_version", ""))
+        namespace = _text(attrs.get("plugin_namespace", ""))
+        versions = creators.get((node.op_type, namespace), set())
+        if not versions or (version and version not in versions):
+            missing.append((label, node, version, namespace))
+    if not missing:
+        return
+    lines = []
+    for label, node, version, namespace in missing:
+        extra = "".join([f", version {version}" if version else "",
+                         f", namespace '{namespace}'" if namespace else ""])
+        lines.append(f"graph needs plugin '{node.op_type}'{extra} (node '{node.name or '?'}', "
+                     f"index {label}), which backend {backend.label} does not provide")
+    have = ", ".join(f"{n}{f' ({ns})' if ns else ''} v{'/'.join(sorted(v))}"
+                     for (n, ns), v in sorted(creators.items())) or "none"
+    raise BuildError("\n".join(lines) + f"\navailable plugins: {have}",
+                     hint="load a plugin library that provides it via build.plugins: [path/to/lib.so], "
+                          "or replace the op with a graph-surgery pass")
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _where(locate, path):
+    if locate is None:
+        return ""
+    try:
+        loc = locate(path)
+    except Exception:  # a path the recipe does not have (defaults): no location
+        return ""
+    return f"{loc}: " if loc else ""
+
+
+def backend_plugins(backend):
+    """{(name, namespace): versions} the backend provides without extra libraries (for prechecks)."""
+    trt = backend.trt
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.ERROR), "")
+    return available_creators([trt.get_plugin_registry()])
+
+
+def require_plugin(backend, name, version="1", namespace=""):
+    """BuildError naming the plugin and backend when the backend lacks it."""
+    creators = backend_plugins(backend)
+    versions = creators.get((name, namespace), set())
+    if versions and (not version or version in versions):
+        return
+    have = ", ".join(sorted(n for n, _ in creators)) or "none"
+    raise BuildError(f"plugin '{name}' version {version} is not provided by backend {backend.label} "
+                     f"(it has: {have})",
+                     hint="load a library that provides it via build.plugins, or choose a backend that ships it")

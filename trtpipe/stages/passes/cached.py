@@ -1,0 +1,70 @@
+"""The passes stage, cached per pass: each enabled pass is keyed by its input model, parameters,
+code and the state earlier passes handed on (cache_keys.ctx_state). A cached pass restores that
+state and its artifacts into the PassContext instead of running; the first pass that must run
+loads its input model from the cache entry before it."""
+
+import shutil
+
+from trtpipe.cache.keys import ctx_state
+from trtpipe.stages.run_state import ModelRef
+
+
+class _OnePass:
+    """The slice of a Recipe that transform.run_passes reads, for one pass."""
+
+    def __init__(self, recipe, index, item):
+        self._item, self.locate = (index, item), recipe.locate
+
+    def enabled_passes(self):
+        return [self._item]
+
+
+def run(state, cur, ctx, staging, source_nodes):
+    """Run or restore every enabled pass on `cur` (a ModelRef); returns (final ModelRef, stats)."""
+    recipe, ui, cache = state.recipe, state.ui, state.cache
+    ui.stage("passes")
+    stats, cached = [], 0
+    for index, item in recipe.enabled_passes():
+        label = f"passes[{index}]"
+        key = state.keys.pass_(index, item, cur.sha, ctx_state(ctx, cache.hasher))
+        entry = state.lookup("pass", key, label,
+                             verify=[f"artifacts/{n}" for n in cache.pass_artifact_names(key)])
+        if entry is not None:
+            ui.step(f"{label} {item['pass']} [dim](cached)[/]")
+            _restore(entry, ctx, staging, ui)
+            stats.append(entry.meta["stats"])
+            cur, cached = ModelRef(entry.meta["model_sha"], entry), cached + 1
+            continue
+        from trtpipe.stages.passes.runner import run_passes
+        state.quiet()
+        before = ctx_state(ctx, cache.hasher)["artifacts"]
+        notes = len(ctx.notes)
+        model, one = run_passes(cur.load(), _OnePass(recipe, index, item), ctx, progress=ui)
+        after = ctx_state(ctx, cache.hasher)
+        new = sorted(n for n, sha in after["artifacts"].items() if before.get(n) != sha)
+        with cache.writer("pass", key) as w:
+            sha = w.save_model(model)
+            for name in new:  # only what this pass wrote; earlier passes' artifacts are in their entries
+                w.add_file(f"artifacts/{name}", ctx.artifacts[name])
+            w.meta = {"model_sha": sha, "stats": one[0], "ctx": after, "artifact_files": new,
+                      "notes": ctx.notes[notes:]}
+            entry = w.commit(label)
+        stats.append(one[0])
+        cur = ModelRef(sha, entry, model)
+    n_after = stats[-1]["nodes_after"] if stats else source_nodes
+    note = f" ({cached} cached)" if cached and cached < len(stats) else " (cached)" if cached else ""
+    state.timings["passes"] = ui.done(f"{source_nodes} -> {n_after} nodes{note}")
+    return cur, stats
+
+
+def _restore(entry, ctx, staging, ui):
+    """Put a cached pass's effects in place: its notes, its artifacts and the context it left."""
+    meta = entry.meta
+    for note in meta["notes"]:
+        ui.detail(note)
+    for name in meta["artifact_files"]:
+        shutil.copyfile(entry.path(f"artifacts/{name}"), staging.path(name))
+    saved = meta["ctx"]
+    ctx.input_contract, ctx.output_map, ctx.postprocess = (
+        saved["input_contract"], saved["output_map"], saved["postprocess"])
+    ctx.artifacts = {name: staging.path(name) for name in saved["artifacts"]}

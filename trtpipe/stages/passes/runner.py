@@ -1,0 +1,148 @@
+"""Stage 3: run the recipe's graph-surgery passes in order.
+
+Each pass gets an onnx-graphsurgeon Graph and returns one. After every pass the model is exported
+and checked (onnx.checker + strict shape inference), so a pass that breaks the graph is named
+right away instead of surfacing as an obscure parser error in the build.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtpipe import registry
+from trtpipe.errors import PassError, PipelineError, suggest
+from trtpipe.graph.check import check_rewritten
+from trtpipe.recipe.schema import fill_defaults, schema_errors
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    """{op_type: count} over the main graph's nodes, sorted by op type."""
+    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
+
+
+def initial_input_contract(model: onnx.ModelProto) -> dict[str, dict]:
+    """Identity contract: each final input is the source input of the same name, unchanged.
+
+    Returns {input name: {"source_input", "source_dtype" (numpy name), "source_shape" (dims,
+    None or a symbol for dynamic ones), "shape" (static dims or None), "steps": []}}; passes
+    that change an input (set_input, replace_preprocessing) append steps to it."""
+    inits = {i.name for i in model.graph.initializer}
+    contract = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        contract[inp.name] = {"source_input": inp.name, "source_dtype": dtype, "source_shape": dims,
+                              "shape": dims if all(isinstance(d, int) for d in dims) else None,
+                              "steps": []}
+    return contract
+
+
+def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
+               progress: Any = None) -> tuple[onnx.ModelProto, list[dict]]:
+    """Apply the recipe's enabled passes in order; each output is exported and checked.
+
+    Args:
+        model: the input model (not modified).
+        recipe: anything with `enabled_passes() -> [(index, {"pass", "params"})]` (parameters with
+            schema defaults filled) and `locate(key path) -> "file:line:col"`.
+        ctx: the run's PassContext; passes record their hand-offs in it.
+        progress: optional UI with `step(label)`.
+
+    Returns:
+        (final model, one stats dict per pass: pass, index, params, duration_s, nodes/ops before
+        and after).
+
+    Raises:
+        PassError: a pass failed (any exception, named with its recipe line) or left a graph that
+            cannot be exported or fails the checks; other PipelineErrors a pass raises, prefixed
+            with the recipe line.
+    """
+    stats = []
+    for index, item in recipe.enabled_passes():
+        info = registry.get(item["pass"])
+        where = recipe.locate(("passes", index, "pass"))
+        label = f"passes[{index}] {item['pass']}"
+        if progress:
+            progress.step(label)
+        before = op_histogram(model)
+        start = time.perf_counter()
+        graph = gs.import_onnx(model)
+        try:
+            graph = info.func(graph, item["params"], ctx)
+        except PipelineError as err:
+            err.message = f"{where}: {label}: {err.message}"
+            raise
+        except Exception as err:  # a pass bug or a graph it cannot handle: name the pass and recipe line
+            raise PassError(f"{where}: {label} failed: {type(err).__name__}: {err}") from err
+        model = _export(graph, model, label, where)
+        check_rewritten(model, f"{where}: {label}")
+        stats.append({
+            "pass": item["pass"], "index": index, "params": item["params"],
+            "duration_s": round(time.perf_counter() - start, 4),
+            "nodes_before": sum(before.values()), "nodes_after": len(model.graph.node),
+            "ops_before": before, "ops_after": op_histogram(model),
+        })
+    return model, stats
+
+
+def run_pass(model: onnx.ModelProto, name: str, params: dict | None = None,
+             ctx: registry.PassContext | None = None) -> onnx.ModelProto:
+    """Apply the registered pass `name` to `model` as a recipe run does: parameters validated
+    against the pass's schema and defaults filled in, the output exported and checked.
+
+    Args:
+        model: the input model (not modified).
+        name: a registered pass name.
+        params: the pass's parameters as a recipe would write them (None: all defaults).
+        ctx: the PassContext to use and fill (default: a fresh one).
+
+    Returns:
+        The transformed model.
+
+    Raises:
+        PassError: unknown pass name, parameters that fail the schema, or the pass failed.
+    """
+    info = registry.get(name)
+    if info is None:
+        raise PassError(f"unknown pass '{name}'{suggest(name, registry.names())}")
+    problems = list(schema_errors(params or {}, info.schema, ("params",)))
+    if problems:
+        raise PassError(f"{name}: " + "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+    item = {"pass": name, "params": fill_defaults(dict(params or {}), info.schema)}
+    out, _ = run_passes(model, _Single(item), ctx or registry.PassContext())
+    return out
+
+
+class _Single:
+    """One pass, outside any recipe file."""
+
+    def __init__(self, item: dict) -> None:
+        self.item = item
+
+    def enabled_passes(self) -> list[tuple[int, dict]]:
+        return [(0, self.item)]
+
+    def locate(self, path: tuple) -> str:
+        return "<run_pass>"
+
+
+def _export(graph, previous, label, where):
+    try:
+        model = gs.export_onnx(graph)
+    except Exception as err:
+        raise PassError(f"{where}: {label} left a graph that cannot be exported: {err}") from err
+    # graphsurgeon drops model-level metadata it does not model; keep the producer's.
+    model.producer_name = previous.producer_name or "trt-pipeline"
+    model.producer_version = previous.producer_version
+    # graphsurgeon drops initializers from graph inputs; that is only legal from IR version 4 on
+    # (old model-zoo graphs are IR 3).
+    model.ir_version = max(model.ir_version, 4)
+    return model

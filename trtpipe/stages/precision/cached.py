@@ -1,0 +1,58 @@
+"""The precision stage, cached: realizes the recipe's `precision` in the graph (TensorRT 11 and
+TensorRT-RTX are strongly typed: there are no builder precision flags). Reduced precisions run
+the model on the validation data (calibration, fp16 overflow checks), fed through the input
+contract the passes recorded."""
+
+import functools
+
+from trtpipe.stages.run_state import ModelRef
+
+
+def run(state, cur, source, source_path, ctx):
+    """Returns (ModelRef of the final model, precision stats, op histogram of the final model)."""
+    recipe, ui, backend = state.recipe, state.ui, state.backend
+    cfg = recipe.data["precision"]  # normalized by the recipe loader
+    ui.stage("precision", cfg["mode"])
+    key = state.keys.precision(cur.sha, source.sha, ctx.input_contract)
+    entry = state.lookup("precision", key, "precision", verify=None)
+    if entry is not None:
+        meta = entry.meta
+        ctx.input_contract = meta["input_contract"]
+        state.timings["precision"] = ui.done(f"cached: {_summary(cfg, meta['stats'])}")
+        return ModelRef(meta["model_sha"], entry), meta["stats"], meta["ops_final"]
+    from trtpipe.stages.passes.runner import op_histogram
+    from trtpipe.stages.precision.mixed import apply_precision
+    state.quiet()
+    model = cur.load()
+    feeds = make_feeds = None
+    if cfg["mode"] != "fp32":
+        make_feeds = functools.partial(_final_feeds, recipe, source_path, ctx, model)
+        feeds = make_feeds(recipe.data["validate"]["data"])
+    ccs = recipe.data["build"]["compute_capabilities"] if backend.name == "tensorrt_rtx" else []
+    model, stats = apply_precision(model, recipe.data["precision"], compute_capabilities=ccs, data_feeds=feeds,
+                                   locate=recipe.locate, log=ui.detail, recipe_dir=recipe.dir, make_feeds=make_feeds)
+    for name, dtype in (stats.get("io_types_changed") or {}).items():
+        # keep_io_types: false changed a graph input's type: validation data must follow
+        if name in ctx.input_contract:
+            ctx.input_contract[name]["steps"].append({"op": "cast", "to": dtype})
+    ops_final = op_histogram(model)
+    with state.cache.writer("precision", key) as w:
+        sha = w.save_model(model)
+        w.meta = {"model_sha": sha, "stats": stats, "input_contract": ctx.input_contract, "ops_final": ops_final}
+        entry = w.commit("precision")
+    state.timings["precision"] = ui.done(_summary(cfg, stats))
+    return ModelRef(sha, entry, model), stats, ops_final
+
+
+def _summary(cfg, stats):
+    kept = len(stats.get("kept_fp32") or {})
+    return f"{cfg['mode']}" + (f", {kept} node(s) kept in fp32" if cfg["mode"] != "fp32" else "")
+
+
+def _final_feeds(recipe, source_path, ctx, model, data_cfg):
+    """Feeds for `model`'s inputs derived from source-side data through the input contract."""
+    from trtpipe.stages.validate.data import apply_contract, graph_io, make_source_feeds, model_io
+    src_in, _ = model_io(str(source_path))
+    feeds, _ = make_source_feeds(data_cfg, src_in, ctx.input_contract, base_dir=recipe.dir, locate=recipe.locate)
+    fin_in, _ = graph_io(model.graph)  # in memory: no need to serialize the model to read its inputs
+    return [apply_contract(f, ctx.input_contract, fin_in) for f in feeds]

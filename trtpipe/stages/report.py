@@ -1,0 +1,153 @@
+"""Last stage: the build report (report.json, described by schemas/report.schema.json, and
+report.md for pull requests) and the console summary table."""
+
+import json
+import platform
+from importlib import metadata
+
+from rich.table import Table
+
+from trtpipe.stages.publish import atomic_write_bytes, sha256_file
+
+_TOOLS = ["onnx", "onnxruntime", "tf2onnx", "tensorflow-cpu", "tensorflow", "polygraphy", "onnx-graphsurgeon",
+          "tensorrt", "tensorrt-rtx-cu13-bindings", "onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxconverter-common"]
+
+
+def tool_versions():
+    out = {"python": platform.python_version()}
+    for dist in _TOOLS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_report(*, recipe, backend, source, pass_stats, build, validation, timings, ops_final,
+                artifacts, options, precision=None):
+    return {
+        "recipe": {"path": str(recipe.path), "sha256": recipe.sha256, "name": recipe.name,
+                   "resolved": recipe.data},
+        "tools": tool_versions(),
+        "backend": {"name": backend.name, "version": backend.version,
+                    "compute_capabilities": build.compute_capabilities},
+        "source": {"kind": source.kind, "path": str(source.path), "opset": source.opset,
+                   "nodes": _nodes(source), "versions": source.versions},
+        "passes": pass_stats,
+        "final_ops": ops_final,
+        "precision": precision or {"mode": "fp32"},
+        "validation": validation,
+        "build": {"duration_s": round(build.duration_s, 3), "memory": build.memory,
+                  "num_layers": build.num_layers, "warnings": build.warnings,
+                  "inputs": build.inputs, "outputs": build.outputs},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "artifacts": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
+                      for name, path in artifacts.items()},
+        "options": {"validate": options.validate},
+    }
+
+
+def _nodes(source):
+    """Node count of the source model (a cached source stage gives the count, not the model)."""
+    nodes = getattr(source, "nodes", None)
+    return nodes if nodes is not None else len(source.model.graph.node)
+
+
+def write(rep, json_path, md_path):
+    atomic_write_bytes(json_path, (json.dumps(rep, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(md_path, to_markdown(rep).encode())
+
+
+def _op_changes(before, after):
+    """'-Loop 1, +Transpose 1' : what a pass did, in op counts."""
+    parts = []
+    for op in sorted(set(before) | set(after)):
+        delta = after.get(op, 0) - before.get(op, 0)
+        if delta:
+            parts.append(f"{'+' if delta > 0 else '-'}{op} {abs(delta)}")
+    return ", ".join(parts) or "no op-count change"
+
+
+def _num(x):
+    return "" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+
+def _mib(n):
+    return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
+
+
+def _precision_md(prec):
+    counts = lambda d: ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items()))  # noqa: E731
+    text = prec.get("mode", "fp32")
+    if prec.get("nodes"):
+        text += f" (nodes: {counts(prec['nodes'])}; initializers: {counts(prec.get('initializers'))}"
+        text += f"; Q/DQ pairs {prec['qdq_pairs']})" if prec.get("qdq_pairs") else ")"
+    return text
+
+
+def _validation_md(val):
+    lines = [f"**{val['status']}**" + (f": {val['reason']}" if val.get("reason") else "")]
+    for comp in val.get("comparisons", []):
+        lines += ["", f"*{comp['name']}*: {comp['status']}" + (f" ({comp['reason']})" if comp.get("reason") else "")]
+        rows = comp.get("outputs") or []
+        if rows:
+            lines += ["", "| output | statistic | max abs | max rel | atol / rtol | status |", "|---|---|---:|---:|---|---|"]
+            for o in rows:
+                tol = f"{_num(o.get('atol'))} / {_num(o.get('rtol'))}" if o.get("atol") is not None else ""
+                status = o["status"] + (f" ({o['reason']})" if o.get("reason") else "")
+                lines.append(f"| `{o['output']}` | {o.get('statistic', '')} | {_num(o.get('max_abs'))} | "
+                             f"{_num(o.get('max_rel'))} | {tol} | {status} |")
+    dets = val.get("detections")
+    if dets:
+        lines += ["", f"*detections* (IoU >= {dets.get('iou_threshold')}): {dets.get('status')}, "
+                      f"{dets.get('matched', 0)} matched, {dets.get('unmatched_source', 0)} missed, {dets.get('unmatched_final', 0)} extra, "
+                      f"{dets.get('borderline', 0)} borderline"]
+    return lines
+
+
+def to_markdown(rep):
+    b, mem = rep["backend"], rep["build"]["memory"] or {}
+    lines = [f"# Build report: `{rep['recipe']['name']}`", "",
+             f"- recipe: `{rep['recipe']['path']}` (sha256 `{rep['recipe']['sha256'][:16]}…`)",
+             f"- backend: {b['name']} {b['version']}, compute capabilities "
+             f"{', '.join(b['compute_capabilities'] or []) or 'the build GPU'}",
+             f"- source: {rep['source']['kind']}, {rep['source']['nodes']} nodes, opset {rep['source']['opset']}",
+             f"- precision: {_precision_md(rep['precision'])}",
+             f"- builder memory: activations {_mib(mem.get('activation_bytes'))}, "
+             f"weights {_mib(mem.get('weights_bytes'))}; {rep['build']['num_layers']} network layers",
+             "", "## Passes", "", "| # | pass | nodes | op changes | s |", "|---:|---|---|---|---:|"]
+    lines += [f"| {p['index']} | `{p['pass']}` | {p['nodes_before']} → {p['nodes_after']} | "
+              f"{_op_changes(p['ops_before'], p['ops_after'])} | {p['duration_s']:.2f} |" for p in rep["passes"]]
+    lines += ["", "## Validation", ""] + _validation_md(rep["validation"])
+    cache = (rep.get("cache") or {}).get("summary") or {}
+    lines += ["", "## Stage times", "", "| stage | s | cache |", "|---|---:|---|"]
+    lines += [f"| {k} | {v:.2f} | {cache.get(k, '')} |" for k, v in rep["timings_s"].items()]
+    lines += ["", "## Artifacts", "", "| file | bytes | sha256 |", "|---|---:|---|"]
+    lines += [f"| `{n}` | {a['size']} | `{a['sha256']}` |" for n, a in rep["artifacts"].items()]
+    if rep["build"]["warnings"]:
+        lines += ["", "## Builder warnings", ""] + [f"- {w}" for w in rep["build"]["warnings"]]
+    lines += ["", "<details><summary>Tool versions</summary>", ""]
+    lines += [f"- {k} {v}" for k, v in rep["tools"].items()] + ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(rep, published):
+    table = Table(title=f"{rep['recipe']['name']}: done", header_style="bold")
+    for col in ("stage", "seconds", "cache", "artifact", "bytes", "sha256"):
+        table.add_column(col, justify="right" if col in ("seconds", "bytes") else "left")
+    stages = list(rep["timings_s"].items())
+    cache = (rep.get("cache") or {}).get("summary") or {}
+    arts = [(name, rep["artifacts"][name]) for name in published if name in rep["artifacts"]]
+    for i in range(max(len(stages), len(arts))):
+        stage, secs = stages[i] if i < len(stages) else ("", None)
+        name, art = arts[i] if i < len(arts) else ("", None)
+        table.add_row(stage, f"{secs:.2f}" if secs is not None else "", cache.get(stage, ""), name,
+                      str(art["size"]) if art else "", art["sha256"][:16] if art else "")
+    val = rep["validation"]
+    nodes = f"nodes {rep['passes'][0]['nodes_before']} -> {rep['passes'][-1]['nodes_after']}; " if rep["passes"] else ""
+    states = list(cache.values())
+    reused = ("all stages cached; " if states and all(s == "cached" for s in states) else
+              f"{sum(s == 'cached' for s in states)} of {len(states)} stages cached; " if states else "")
+    table.caption = (f"{nodes}{reused}validation {val['status']}" + (f" ({val['reason']})" if val.get("reason") else "")
+                     + f"; output in {next(iter(published.values())).parent if published else '-'}")
+    return table

@@ -1,0 +1,143 @@
+"""The main job: recipe -> source -> passes -> precision -> validate -> build -> publish -> report.
+
+Each stage's work lives in its own module (source.py, transform.py, precision.py, validate.py,
+build.py) and each cached stage around it in `<stage>_stage.py`: look the stage's key up in the
+stage cache (cache.py), copy a cached output instead of running, or run it and commit an entry. A
+model is loaded into memory only when a later stage must actually run on it. This file strings
+the stages together, times them, and makes sure nothing is published unless every stage
+succeeded. One run per recipe at a time (a lock in the cache directory); artifacts are staged and
+renamed into place.
+"""
+
+import functools
+import shutil
+import time
+from pathlib import Path
+
+from trtpipe.backend import has_runtime_gpu, resolve_backend
+from trtpipe.cache.files import MODEL, copy_model
+from trtpipe.cache.keys import Keys
+from trtpipe.cache.lock import is_abandoned, own_directory
+from trtpipe.cache.store import Cache, CorruptEntry, pause, resolve_dir
+from trtpipe.errors import PassError
+from trtpipe.recipe.load import load_recipe
+from trtpipe.registry import PassContext
+from trtpipe.review.check import precheck_passes, raise_first
+from trtpipe.stages import report as report_mod
+from trtpipe.stages.build import cached as build_stage
+from trtpipe.stages.passes import cached as passes_stage
+from trtpipe.stages.precision import cached as precision_stage
+from trtpipe.stages.publish import Staging
+from trtpipe.stages.run_state import RunState, forced_stages
+from trtpipe.stages.source import cached as source_stage
+from trtpipe.stages.validate import cached as validate_stage
+
+
+class RunOptions:
+    def __init__(self, validate=True, debug=False, output_dir=None, cache_dir=None, force=False, from_stage=None):
+        self.validate = validate
+        self.debug = debug
+        self.output_dir = output_dir
+        self.cache_dir = cache_dir      # None: $TRTPIPE_CACHE_DIR, else the XDG cache directory
+        self.force = force              # re-run every stage (results still refresh the cache)
+        self.from_stage = from_stage    # re-run this stage and the ones after it
+
+
+def run_recipe(recipe_path, ui, options=None):
+    options = options or RunOptions()
+    for attempt in range(3):
+        try:
+            return _run(recipe_path, ui, options)
+        except CorruptEntry as err:  # found while loading a cached model: already discarded
+            if attempt == 2:
+                raise
+            ui.warn(f"{err}; starting the run over without it")
+
+
+def _run(recipe_path, ui, options):
+    t0 = time.perf_counter()
+    ui.stage("recipe", str(recipe_path))
+    recipe = load_recipe(recipe_path)
+    backend = resolve_backend(recipe.data["build"]["backend"])
+    problems = precheck_passes(recipe, PassContext(name=recipe.name, backend=backend.name,
+                                                   backend_version=backend.version_tuple, recipe_dir=recipe.dir,
+                                                   plugin_libraries=recipe.data["build"]["plugins"]))
+    raise_first(problems)  # refuse before minutes of conversion, e.g. a plugin the backend lacks
+    forced = forced_stages(recipe, options.force, options.from_stage)
+    root, _ = resolve_dir(options.cache_dir)
+    cache = Cache(root, warn=ui.warn).open()
+    cache.replace_existing = bool(forced)
+    state = RunState(recipe, backend, ui, options, cache, Keys(recipe, backend, cache.hasher), forced)
+    state.timings["recipe"] = ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es), "
+                                      f"backend {backend.name} {backend.version}")
+
+    out = recipe.data["output"]
+    if options.output_dir:
+        out["dir"] = str(Path(options.output_dir).resolve())
+    lock = cache.recipe_lock(recipe.path, on_wait=lambda pid: ui.info(
+        f"waiting for another run of {recipe.name} (pid {pid or '?'}) to finish"))
+    with lock, cache.use_lock(), Staging(out["dir"], where=f"{recipe.locate(('output', 'dir'))}: ") as staging:
+        owner = own_directory(staging.dir)
+        try:
+            _remove_abandoned_staging(staging)
+            rep, published = _stages(state, staging, out, t0)
+        finally:
+            owner.release()
+    ui.table(report_mod.summary_table(rep, published))
+    return rep
+
+
+def _stages(state, staging, out, t0):
+    recipe, backend, ui = state.recipe, state.backend, state.ui
+    source_path = staging.path(f"{recipe.name}.source.onnx")
+    source, cur = source_stage.run(state, source_path)
+    ctx = PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
+                      recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail,
+                      plugin_libraries=recipe.data["build"]["plugins"],
+                      input_contract=source.input_contract)
+    cur, pass_stats = passes_stage.run(state, cur, ctx, staging, source.nodes)
+    final, precision_stats, ops_final = precision_stage.run(state, cur, source, source_path, ctx)
+    final_path = staging.path(out["onnx"])
+    copy_model(final.entry.path(MODEL), final_path)
+
+    # Validation runs before the build so a wrong graph fails fast; where a GPU can run the
+    # plan it runs after the build instead, to include the engine-vs-ORT comparison.
+    gpu_ok, _ = has_runtime_gpu(backend, recipe.data["build"]["compute_capabilities"])
+    validate = functools.partial(validate_stage.run, state, source, final, source_path, final_path, ctx, staging)
+    validation = None if gpu_ok else validate()
+    plan_path = staging.path(out["plan"])
+    result, plan_sha = build_stage.run(state, final, final_path, plan_path)
+    if validation is None:
+        validation = validate(plan_sha, plan_path)
+
+    artifacts = [source_path.name, out["onnx"], out["plan"]] + sorted(_stage_artifacts(ctx, staging))
+    artifacts += [n for n in (source_path.name + ".data", out["onnx"] + ".data") if staging.path(n).exists()]
+    state.timings["total"] = time.perf_counter() - t0
+    rep = report_mod.make_report(
+        recipe=recipe, backend=backend, source=source, pass_stats=pass_stats, build=result,
+        validation=validation, timings=state.timings, ops_final=ops_final,
+        artifacts={name: staging.path(name) for name in artifacts}, options=state.options,
+        precision=precision_stats)
+    rep["cache"] = state.cache_report()
+    report_mod.write(rep, staging.path("report.json"), staging.path("report.md"))
+    pause("publish")
+    return rep, staging.publish(artifacts + ["report.json", "report.md"])
+
+
+def _remove_abandoned_staging(staging):
+    """Staging directories of runs that were killed (their owner lock is gone)."""
+    for d in staging.out_dir.glob(".trtpipe-staging-*"):
+        if d != staging.dir and d.is_dir() and is_abandoned(d):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _stage_artifacts(ctx, staging):
+    """Files passes asked to publish (e.g. the NMS post-processing model), relative to staging."""
+    names = []
+    for name, path in ctx.artifacts.items():
+        path = Path(path)
+        if path.parent != staging.dir:
+            raise PassError(f"a pass registered artifact '{name}' at {path}, outside the stage directory "
+                            f"{staging.dir}; passes must write artifacts into ctx.stage_dir")
+        names.append(path.name)
+    return names

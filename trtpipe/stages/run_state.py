@@ -1,0 +1,98 @@
+"""What one run shares across its stages: the recipe, backend and UI, the stage cache with the
+recipe's keys, which stages are forced (--force / --from), and what each stage records (timings,
+cache status). The *_stage.py modules read and fill it; run.py creates it."""
+
+from trtpipe.cache.files import MODEL
+from trtpipe.errors import EXIT_USAGE, PipelineError
+
+
+class UsageError(PipelineError):
+    exit_code = EXIT_USAGE
+
+
+def quiet_libraries(verbose):
+    """ONNX Runtime and Polygraphy log warnings meant for their own developers; keep errors."""
+    import onnxruntime
+    from polygraphy.logger import G_LOGGER
+    onnxruntime.set_default_logger_severity(4)  # failures surface as exceptions anyway
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+
+
+class ModelRef:
+    """A stage's output model: its sha256, the cache entry holding it, and the ModelProto once a
+    later stage needs it in memory (cached runs never load it)."""
+
+    def __init__(self, sha, entry, model=None):
+        self.sha, self.entry, self.model = sha, entry, model
+
+    def load(self):
+        if self.model is None:
+            import onnx
+            self.entry.verify(self.entry.model_files())
+            self.model = onnx.load(str(self.entry.path(MODEL)))  # external data from the entry
+        return self.model
+
+
+class RunState:
+    """Created once the recipe is loaded and the cache opened; passed to every *_stage.run()."""
+
+    def __init__(self, recipe, backend, ui, options, cache, keys, forced):
+        self.recipe, self.backend, self.ui, self.options = recipe, backend, ui, options
+        self.cache, self.keys, self.forced = cache, keys, forced
+        self.timings, self.stages = {}, {}
+        self._quieted = False
+
+    def quiet(self):
+        """Silence library chatter once, and only when a stage actually runs them."""
+        if not self._quieted:
+            quiet_libraries(self.ui.verbose)
+            self._quieted = True
+
+    def lookup(self, kind, key, label, verify=()):
+        """The cached entry for a stage, unless the stage is forced; records the stage status."""
+        entry = None
+        if key is not None and label not in self.forced:
+            entry = self.cache.get(kind, key, verify=verify)
+        status = "cached" if entry else ("forced" if label in self.forced else "ran")
+        self.stages[label] = {"status": status, "key": key}
+        return entry
+
+    def cache_report(self):
+        """The report's `cache` section: the directory, each stage's status and key, and per row
+        of the timings table 'cached', 'ran', 'forced' or 'k/n cached' for passes."""
+        summary = {row: self.stages[row]["status"] for row in ("source", "precision", "validate", "build")
+                   if row in self.stages}
+        states = [self.stages[p]["status"] for p in (f"passes[{i}]" for i, _ in self.recipe.enabled_passes())
+                  if p in self.stages]
+        if states:
+            hits = states.count("cached")
+            summary["passes"] = ("cached" if hits == len(states) else states[0] if len(set(states)) == 1
+                                 else f"{hits}/{len(states)} cached")
+        return {"dir": str(self.cache.root), "stages": self.stages, "summary": summary}
+
+
+def forced_stages(recipe, force, from_stage):
+    """Stage labels a run must redo: all with --force, `from_stage` and those after it with --from."""
+    from trtpipe.stages.order import downstream, stage_labels
+    n = len(recipe.data["passes"])
+    if force:
+        return set(stage_labels(n))
+    if not from_stage:
+        return set()
+    start = from_stage
+    names = [item["pass"] for item in recipe.data["passes"]]
+    if start in ("source", "precision", "validate", "build"):
+        first = start
+    elif start == "passes" and n:
+        first = ("passes", 0)
+    elif start.startswith("passes[") and start.endswith("]") and start[7:-1].isdigit() and int(start[7:-1]) < n:
+        first = ("passes", int(start[7:-1]))
+    elif start in names:
+        first = ("passes", names.index(start))
+    else:
+        choices = ["source"] + (["passes"] + [f"passes[{i}]" for i in range(n)] if n else []) + sorted(set(names)) \
+            + ["precision", "validate", "build"]
+        from trtpipe.recipe.schema import suggest
+        raise UsageError(f"--from {start!r}: not a stage of {recipe.name}{suggest(start, choices)}; "
+                         f"stages: {', '.join(choices)}")
+    return set(downstream(first, n))

@@ -1,0 +1,47 @@
+"""The source stage, cached: the recipe's model as ONNX (a SavedModel is converted once per
+content, converter options and tool versions), copied into the staging directory. A cached
+source is not loaded into memory: its metadata says everything the report needs."""
+
+import types
+
+from trtpipe.cache.files import MODEL, copy_model
+from trtpipe.stages.run_state import ModelRef
+
+
+def run(state, source_path):
+    """Returns (source info for the report, ModelRef of the source model)."""
+    recipe, ui = state.recipe, state.ui
+    src = recipe.data["source"]
+    ui.stage("source", _label(src))
+    key = state.keys.source()
+    entry = state.lookup("source", key, "source", verify=None)
+    if entry is not None:
+        copy_model(entry.path(MODEL), source_path)
+        source = _info(entry.meta, path=src.get("onnx") or src.get("saved_model"))
+        state.timings["source"] = ui.done(f"cached: {source.kind}, {source.nodes} nodes, opset {source.opset}")
+        return source, ModelRef(source.sha, entry)
+    from trtpipe.stages.passes.runner import initial_input_contract
+    from trtpipe.stages.source.load import load_source
+    state.quiet()
+    loaded = load_source(src, locate=recipe.locate, log=ui.detail)
+    with state.cache.writer("source", key) as w:
+        sha = w.save_model(loaded.model)
+        w.meta = {"model_sha": sha, "kind": loaded.kind, "opset": loaded.opset, "versions": loaded.versions,
+                  "nodes": len(loaded.model.graph.node), "input_contract": initial_input_contract(loaded.model),
+                  "timings": {k: round(v, 3) for k, v in loaded.timings.items()}}
+        entry = w.commit("source")
+    copy_model(entry.path(MODEL), source_path)
+    source = _info(w.meta, path=loaded.path)
+    state.timings["source"] = ui.done(f"{source.kind}: {source.nodes} nodes, opset {source.opset}")
+    return source, ModelRef(sha, entry, loaded.model)
+
+
+def _info(meta, path):
+    return types.SimpleNamespace(kind=meta["kind"], path=path, opset=meta["opset"], versions=meta["versions"],
+                                 nodes=meta["nodes"], input_contract=meta["input_contract"], sha=meta["model_sha"])
+
+
+def _label(src):
+    if "onnx" in src:
+        return f"ONNX {src['onnx']}"
+    return f"SavedModel {src['saved_model']} (tf2onnx, opset {src['opset']})"

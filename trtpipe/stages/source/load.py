@@ -1,0 +1,158 @@
+"""Source stage: the recipe's `source` section -> onnx.ModelProto.
+
+An ONNX file is loaded with its external data; a TF SavedModel is converted in-process by tf2onnx
+(trtpipe/tf_convert.py; TensorFlow is imported only then: it costs seconds). Either way the graph
+is then checked for op types its opset does not define (tf2onnx leaves TF ops it cannot convert
+in place and carries on) and by onnx.checker (trtpipe/onnx_check.py), so later stages get an
+ONNX graph, not a half-converted one.
+"""
+import functools
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import onnx
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+from trtpipe.errors import SourceError, did_you_mean
+from trtpipe.graph.check import all_graphs, check_model, opset_version, relaxed_for_checker
+
+# relaxed_for_checker: transform.py and precision.py import it from here
+__all__ = ["IOSpec", "SourceResult", "load_source", "relaxed_for_checker", "did_you_mean"]
+
+_ONNX_HINT = ("re-export the model with ops its opset defines (or a higher opset if the op exists there); "
+              "a TensorRT plugin op needs a name ending in _TRT or a custom domain")
+
+
+class IOSpec(NamedTuple):
+    name: str
+    dtype: str          # numpy name ("float32"); TensorProto name when numpy has none
+    shape: list         # per dim: int, dim_param string, or None (unknown); None when rank unknown
+
+
+@dataclass
+class SourceResult:
+    model: onnx.ModelProto          # external data loaded
+    kind: str                       # "onnx" | "saved_model"
+    path: str
+    duration_s: float
+    versions: dict                  # onnx, and tensorflow + tf2onnx when a SavedModel was converted
+    inputs: list                    # [IOSpec]
+    outputs: list                   # [IOSpec]
+    opset: int                      # ai.onnx opset of the model
+    timings: dict = field(default_factory=dict)    # import_tf / convert / check seconds
+
+
+def load_source(source_cfg, *, locate=None, log=None):
+    """Load (or convert) the recipe's source model and check it; SourceError on anything user-caused."""
+    t0 = time.perf_counter()
+    timings, versions = {}, {"onnx": onnx.__version__}
+    if bool(source_cfg.get("onnx")) == bool(source_cfg.get("saved_model")):
+        raise SourceError(f"{_loc(locate)}: needs exactly one of `onnx:` or `saved_model:`")
+    if source_cfg.get("onnx"):
+        kind, path = "onnx", source_cfg["onnx"]
+        model = _load_onnx_file(path, _loc(locate, "onnx"))
+        _check(model, path, _loc(locate, "onnx"), "the model", _ONNX_HINT, {}, log, timings)
+    else:
+        kind, path = "saved_model", source_cfg["saved_model"]
+        model = _convert_saved_model(source_cfg, locate, log, timings, versions)
+    # IR < 4 models (the onnx model-zoo "light" graphs) also list every weight as a graph input.
+    weights = {t.name for t in model.graph.initializer}
+    return SourceResult(model, kind, path, time.perf_counter() - t0, versions,
+                        [_iospec(v) for v in model.graph.input if v.name not in weights],
+                        [_iospec(v) for v in model.graph.output], opset_version(model), timings)
+
+
+# ----------------------------------------------------------------------------------- small helpers
+
+def _loc(locate, *keys):
+    """'recipe.yaml:4:9: source.onnx': where in the recipe the user can fix it."""
+    pos = locate(("source", *keys)) if locate else None
+    return f"{pos}: {'.'.join(('source', *keys))}" if pos else ".".join(("source", *keys))
+
+
+def missing_path_error(path, where):
+    """SourceError for a missing file or directory (checks.py reports it the same way)."""
+    parent, base = os.path.split(path)
+    if not os.path.isdir(parent):
+        return SourceError(f"{where}: not found: {path} (directory {parent} does not exist)")
+    return SourceError(f"{where}: not found: {path}", hint=did_you_mean(base, sorted(os.listdir(parent))))
+
+
+def _iospec(value_info):
+    tt = value_info.type.tensor_type
+    if not value_info.type.HasField("tensor_type"):
+        return IOSpec(value_info.name, value_info.type.WhichOneof("value") or "unknown", None)
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+    except (KeyError, TypeError, ValueError):
+        dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower()
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return IOSpec(value_info.name, dtype, shape if tt.HasField("shape") else None)
+
+
+def _check(model, path, where, what, hint, unconverted, log, timings):
+    t = time.perf_counter()
+    check_model(model, path, where, what, hint, unconverted, log)
+    timings["check"] = time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------------- ONNX files
+
+def _tensors(model):
+    for g in all_graphs(model.graph):
+        yield from g.initializer
+        for attr in (a for node in g.node for a in node.attribute):
+            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+
+
+def _load_onnx_file(path, where):
+    if not os.path.exists(path):
+        raise missing_path_error(path, where)
+    if os.path.isdir(path):
+        saved = os.path.exists(os.path.join(path, "saved_model.pb"))
+        raise SourceError(f"{where}: {path} is a directory, not an .onnx file",
+                          hint="it holds a SavedModel: use `saved_model:` instead" if saved else None)
+    try:
+        model = onnx.load(path, load_external_data=False)   # external data below, with a clearer message
+    except Exception as err:    # protobuf DecodeError and friends
+        raise SourceError(f"{where}: {path}: not a valid ONNX model: {err}") from err
+    if not model.ir_version or not model.HasField("graph"):     # an empty file decodes "fine"
+        raise SourceError(f"{where}: {path}: not a valid ONNX model: no ir_version or graph "
+                          "(empty file, or some other protobuf)")
+    base = os.path.dirname(path)
+    locations = {t.name: ExternalDataInfo(t).location for t in _tensors(model) if uses_external_data(t)}
+    missing = {name: loc for name, loc in locations.items() if not os.path.isfile(os.path.join(base, loc))}
+    if missing:
+        files, example = ", ".join(sorted(set(missing.values()))), next(iter(missing))
+        raise SourceError(f"{where}: external data file(s) missing: {files} (looked in {base}; "
+                          f"needed by {len(missing)} tensor(s), e.g. {example!r})",
+                          hint="keep the weights file next to the .onnx, under the name the model records")
+    try:
+        onnx.load_external_data_for_model(model, base)
+    except Exception as err:    # truncated file, bad offset, location outside the model's directory
+        raise SourceError(f"{where}: could not load external data from {base}: {err}") from err
+    return model
+
+
+# ------------------------------------------------------------------------------------- SavedModels
+
+def _convert_saved_model(cfg, locate, log, timings, versions):
+    path, where = cfg["saved_model"], _loc(locate, "saved_model")
+    if not os.path.exists(path):
+        raise missing_path_error(path, where)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise SourceError(f"{where}: {path} is not a SavedModel directory (no saved_model.pb)",
+                          hint="for an .onnx file use `onnx:`" if os.path.isfile(path) else None)
+    from trtpipe.stages.source.tf_convert import convert_saved_model  # here: tf_convert imports did_you_mean from us
+    opset = cfg.get("opset", 17)
+    hint = f"try a higher `source.opset` (now {opset}, up to 21), or replace these TF ops in the model"
+    with tempfile.TemporaryDirectory(prefix="trtpipe-source-") as tmp:
+        model, onnx_path, unconverted = convert_saved_model(
+            path, cfg, functools.partial(_loc, locate), log, timings, versions, large_dir=tmp)
+        if onnx_path:       # large_model: read it back like an ONNX file with external data
+            model = _load_onnx_file(onnx_path, where)
+        _check(model, onnx_path, _loc(locate, "opset"), "tf2onnx's output", hint, unconverted, log, timings)
+    return model

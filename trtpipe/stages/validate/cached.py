@@ -1,0 +1,69 @@
+"""The validation stage, cached: ONNX Runtime on the source model vs the final model (and the
+plan vs ONNX Runtime where a GPU can run it), through Polygraphy. Only passing validations are
+cached; where ONNX Runtime cannot run the final model as it is, it runs an fp32 twin."""
+
+from trtpipe.cache.files import save_model
+from trtpipe.cache.keys import ctx_state
+from trtpipe.errors import ValidationError
+
+
+def _skipped(state):
+    """--no-validate: record the stage as skipped."""
+    state.ui.stage("validate")
+    state.timings["validate"] = state.ui.done("skipped (--no-validate)")
+    state.stages["validate"] = {"status": "skipped", "key": None}
+    return {"status": "skipped", "reason": "--no-validate given", "comparisons": []}
+
+
+def run(state, source, final, source_path, final_path, ctx, staging, plan_sha=None, plan_path=None):
+    """Returns the validation result (raises ValidationError when it fails)."""
+    recipe, ui = state.recipe, state.ui
+    if not state.options.validate:
+        return _skipped(state)
+    key = state.keys.validate(source.sha, final.sha, ctx_state(ctx, state.cache.hasher), plan_sha)
+    ui.stage("validate", "Polygraphy: ONNX Runtime on source vs final" + (", engine vs ORT" if plan_path else ""))
+    entry = state.lookup("validate", key, "validate")
+    if entry is not None:
+        result = entry.meta["result"]
+        if ui.verbose:
+            from trtpipe.stages.validate.compare import print_table
+            print_table(result, ui.out)
+        state.timings["validate"] = ui.done(f"{result['status']} (cached)")
+        return result
+    from trtpipe.stages.validate.compare import print_table, validate_models
+    state.quiet()
+    twin = _ort_twin(final, recipe.precision.mode, staging)
+    try:
+        result = validate_models(
+            str(source_path), str(final_path), recipe.data.get("validate"), precision=recipe.data["precision"],
+            input_contract=ctx.input_contract, output_map=ctx.output_map, postprocess=ctx.postprocess,
+            plan_path=str(plan_path) if plan_path else None, backend=state.backend, locate=recipe.locate,
+            log=ui.detail, base_dir=recipe.dir, compute_capabilities=recipe.data["build"]["compute_capabilities"],
+            final_ort_path=str(twin["path"]) if twin and twin["path"] else None,
+            final_ort_optimize=twin["optimize"] if twin else True)
+    except ValidationError as err:  # failed validations are never cached
+        if getattr(err, "result", None):
+            print_table(err.result, ui.out)
+        raise
+    if twin:
+        result["final_ort_note"] = twin["note"]
+    if not ui.quiet:
+        print_table(result, ui.out)
+    with state.cache.writer("validate", key) as w:
+        w.meta = {"result": result}
+        w.commit("validate")
+    state.timings["validate"] = ui.done(result["status"])
+    return result
+
+
+def _ort_twin(final, mode, staging):
+    """What ONNX Runtime runs for validation when it cannot run the final model as it is."""
+    if mode in ("fp16", "bf16"):
+        from trtpipe.stages.precision.mixed import emulate_in_fp32
+        path = staging.path(".validate-emulated.onnx")  # not published
+        save_model(emulate_in_fp32(final.load()), path)
+        return {"path": path, "optimize": True,
+                "note": f"{mode} graph run in ONNX Runtime with {mode} rounding emulated in fp32"}
+    if mode == "fp8":
+        return {"path": None, "optimize": False, "note": "fp8 Q/DQ run with ONNX Runtime optimizations off"}
+    return None

@@ -1,0 +1,294 @@
+"""Validation data: what the source model is fed, and how the final model's feed is derived from it.
+
+Data is always made for the *source* model's inputs (seeded random data through Polygraphy's
+DataLoader, an .npz file, or a folder of images), then turned into the final model's feed with
+the steps passes recorded in the input contract (docs/architecture.md "Input contract"). So the
+recipe states its preprocessing once, and both models see the same pixels.
+"""
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import DataLoader
+from polygraphy.logger import G_LOGGER
+
+from trtpipe.errors import ValidationError, suggest
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+_ARITH = {"mul": np.multiply, "add": np.add, "sub": np.subtract, "div": np.divide}
+STEP_OPS = ("cast", "transpose", "reshape", *_ARITH)
+
+
+def quiet_polygraphy():
+    """Polygraphy logs every step at length; the validation result and table carry what matters."""
+    return G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1)
+
+
+def model_io(path):
+    """(inputs, outputs) of an ONNX file, each an OrderedDict name -> (numpy dtype, [dims]);
+    dynamic dims are None. Reads the graph only (no external weights)."""
+    return graph_io(onnx.load(str(path), load_external_data=False).graph)
+
+
+def graph_io(graph):
+    """(inputs, outputs) of a GraphProto, as model_io; initializers listed as inputs are skipped."""
+    inits = {i.name for i in graph.initializer}
+
+    def info(values):
+        out = OrderedDict()
+        for v in values:
+            if v.name in inits:
+                continue
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            out[v.name] = (np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
+        return out
+
+    return info(graph.input), info(graph.output)
+
+
+def default_range(dtype):
+    """Value range used when the recipe gives none: full range for 8-bit images, else Polygraphy's [0, 1]."""
+    if dtype == np.uint8:
+        return (0, 255)
+    if dtype == np.int8:
+        return (-128, 127)
+    return (0.0, 1.0)
+
+
+def _source_key(key, source_inputs, contract, where):
+    """Recipe keys may name a source input or the final input derived from it."""
+    if key in source_inputs:
+        return key
+    if key in contract and contract[key].get("source_input") in source_inputs:
+        return contract[key]["source_input"]
+    raise ValidationError(f"{where}: '{key}' is not an input of the source model "
+                          f"{list(source_inputs)}{suggest(key, list(source_inputs) + list(contract), cutoff=0.5)}")
+
+
+def _data_shape(name, dims, override, contract):
+    """Static shape for source input `name`: the recipe's, else the contract's (its dynamic dims
+    filled from the model's static ones), else the model's. A dynamic leading (batch) dimension
+    becomes 1; any other dynamic dimension must come from the recipe (None is returned)."""
+    if override:
+        return list(override)
+    static = lambda d: isinstance(d, int) and d > 0  # noqa: E731
+    shape = list(dims or [])
+    for entry in contract.values():
+        given = entry.get("shape")
+        if entry.get("source_input") == name and given:
+            model = shape if len(shape) == len(given) else [None] * len(given)
+            shape = [c if static(c) else d for c, d in zip(given, model)]
+            break
+    if shape and not static(shape[0]) and all(static(d) for d in shape[1:]):
+        shape[0] = 1
+    return shape if all(static(d) for d in shape) else None
+
+
+def make_source_feeds(data_cfg, source_inputs, contract, *, base_dir=None, locate=None):
+    """List of feed dicts for the source model, plus a JSON-able description of the data."""
+    loc = (lambda *p: locate(("validate", "data") + p) + ": ") if locate else (lambda *p: "")
+    per_input = {}
+    for key, spec in (data_cfg.get("inputs") or {}).items():
+        per_input[_source_key(key, source_inputs, contract, loc("inputs", key) + "validate.data.inputs")] = spec
+    base = Path(base_dir or ".")
+    if data_cfg.get("npz"):
+        feeds = _load_npz(base / data_cfg["npz"], source_inputs, loc("npz"))
+        return feeds, {"kind": "npz", "path": str(base / data_cfg["npz"]), "iterations": len(feeds)}
+
+    images = data_cfg.get("images")
+    image_input = (images.get("input") or _image_input(source_inputs, loc("images"))) if images else None
+    shapes, metadata, ranges = {}, TensorMetadata(), {}
+    for name, (dtype, dims) in source_inputs.items():
+        spec = per_input.get(name, {})
+        shape = _data_shape(name, dims, spec.get("shape"), contract)
+        if shape is None and name == image_input and images.get("size") and len(dims) == 4:
+            # A dynamic image input (TF-OD's [1, ?, ?, 3]) takes its spatial size from images.size.
+            nchw = images.get("layout") == "NCHW" or (not images.get("layout") and dims[1] in (1, 3))
+            spatial = (2, 3) if nchw else (1, 2)
+            shape = [images["size"][spatial.index(i)] if i in spatial else (d or 1) for i, d in enumerate(dims)]
+        if shape is None:
+            raise ValidationError(
+                f"{loc('inputs')}source input '{name}' has dynamic shape {dims} and no shape is known to "
+                f"generate data with; set validate.data.inputs.{name}.shape (or fix it with a pass)")
+        gen_dtype = np.dtype(spec.get("dtype", dtype))
+        shapes[name] = shape
+        metadata.add(name, gen_dtype, shape)
+        ranges[name] = tuple(spec.get("range", default_range(gen_dtype)))
+
+    if images:
+        image_feeds, image_input, files = _load_images(images, base, source_inputs, shapes, loc("images"))
+        iterations = len(image_feeds)
+    else:
+        iterations = data_cfg.get("iterations", 1)
+    with quiet_polygraphy():
+        loader = DataLoader(seed=data_cfg.get("seed", 1), iterations=iterations,
+                            input_metadata=metadata, val_range=ranges)
+        generated_feeds = list(loader)
+    feeds = []
+    for i, generated in enumerate(generated_feeds):
+        feed = OrderedDict((n, np.asarray(a).astype(source_inputs[n][0], copy=False)) for n, a in generated.items())
+        if images:
+            feed[image_input] = image_feeds[i]
+        feeds.append(feed)
+    for feed in feeds:  # Polygraphy would otherwise reshape or transpose a misfit silently
+        for name, arr in feed.items():
+            dims = source_inputs[name][1]
+            if len(dims) != arr.ndim or any(d and d != s for d, s in zip(dims, arr.shape)):
+                raise ValidationError(f"{loc('inputs', name)}data for source input '{name}' has shape "
+                                      f"{list(arr.shape)}, but the model takes {dims}")
+    desc = {"kind": "images" if images else "random", "seed": data_cfg.get("seed", 1), "iterations": len(feeds),
+            "inputs": {n: {"shape": shapes[n], "dtype": str(metadata[n].dtype), "range": list(ranges[n])}
+                       for n in source_inputs}}
+    if images:
+        desc["inputs"][image_input] = {"shape": list(image_feeds[0].shape), "images": files}
+    return feeds, desc
+
+
+def _load_npz(path, source_inputs, where):
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValidationError(f"{where}validate.data.npz: cannot read {path}: {err}")
+    with archive:
+        arrays = {k: archive[k] for k in archive.files}
+    extra = [k for k in arrays if k not in source_inputs]
+    missing = [n for n in source_inputs if n not in arrays]
+    if extra or missing:
+        hint = "".join(suggest(k, source_inputs, cutoff=0.5) for k in extra[:1])
+        raise ValidationError(f"{where}{path}: the arrays must be named after the source model's inputs "
+                              f"{list(source_inputs)}; missing {missing}, unexpected {extra}{hint}")
+    counts, per_input = set(), {}
+    for name, (dtype, dims) in source_inputs.items():
+        arr = arrays[name]
+        if not np.can_cast(arr.dtype, dtype, "same_kind"):
+            raise ValidationError(f"{where}{path}: array '{name}' is {arr.dtype} but the source input takes {dtype}")
+        # One extra leading axis = one feed per index along it.
+        batches = list(arr) if dims and arr.ndim == len(dims) + 1 else [arr]
+        for b in batches:
+            if dims and (b.ndim != len(dims) or any(d and d != s for d, s in zip(dims, b.shape))):
+                raise ValidationError(f"{where}{path}: array '{name}' has shape {list(arr.shape)}, which fits "
+                                      f"neither the input shape {dims} nor [iterations] + {dims}")
+        per_input[name] = [b.astype(dtype, copy=False) for b in batches]
+        counts.add(len(batches))
+    if len(counts) > 1:
+        raise ValidationError(f"{where}{path}: arrays disagree on the number of iterations "
+                              f"({ {n: len(v) for n, v in per_input.items()} })")
+    return [OrderedDict((n, per_input[n][i]) for n in source_inputs) for i in range(counts.pop())]
+
+
+def _load_images(cfg, base, source_inputs, shapes, where):
+    """Decode, resize and normalize image files into feeds for one source input."""
+    folder = base / cfg["dir"]
+    name = cfg.get("input") or _image_input(source_inputs, where)
+    if name not in source_inputs:
+        raise ValidationError(f"{where}validate.data.images.input: '{name}' is not a source input "
+                              f"{list(source_inputs)}{suggest(name, source_inputs, cutoff=0.5)}")
+    shape = shapes[name]
+    if len(shape) != 4:
+        raise ValidationError(f"{where}validate.data.images: input '{name}' has shape {shape}; images need a "
+                              f"4-D input (NHWC or NCHW)")
+    layout = cfg.get("layout") or ("NCHW" if shape[1] in (1, 3) and shape[3] not in (1, 3) else "NHWC")
+    batch, channels = shape[0], (shape[1] if layout == "NCHW" else shape[3])
+    size = cfg.get("size") or (shape[2:4] if layout == "NCHW" else shape[1:3])
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+    files = files[:cfg["limit"]] if cfg.get("limit") else files
+    if len(files) < batch:
+        raise ValidationError(f"{where}validate.data.images.dir: {folder} holds {len(files)} image(s) "
+                              f"({', '.join(IMAGE_EXTENSIONS)}); need at least {batch} (the batch size)")
+    dtype = source_inputs[name][0]
+    images = []
+    for path in files[: len(files) // batch * batch]:
+        try:
+            img = _decode(path, size, channels)                  # float32 HWC, values 0..255
+        except ImportError as err:
+            raise ValidationError(f"{where}validate.data.images: decoding images needs Pillow or TensorFlow "
+                                  f"({err}); pip install pillow")
+        except Exception as err:  # a corrupt or unsupported file: name it
+            raise ValidationError(f"{where}validate.data.images: cannot decode {path}: {type(err).__name__}: {err}")
+        if channels == 3 and cfg.get("channel_order", "RGB") == "BGR":
+            img = img[..., ::-1]
+        img = img * np.float32(cfg.get("scale", 1.0))
+        img = (img - np.float32(cfg.get("mean", 0.0))) / np.float32(cfg.get("std", 1.0))
+        if np.issubdtype(dtype, np.integer):
+            img = np.clip(np.rint(img), np.iinfo(dtype).min, np.iinfo(dtype).max)
+        images.append(img.transpose(2, 0, 1) if layout == "NCHW" else img)
+    feeds = [np.stack(images[i:i + batch]).astype(dtype) for i in range(0, len(images), batch)]
+    return feeds, name, [p.name for p in files[:len(images)]]
+
+
+def _image_input(source_inputs, where):
+    four_d = [n for n, (_, dims) in source_inputs.items() if len(dims) == 4]
+    if len(four_d) != 1:
+        raise ValidationError(f"{where}validate.data.images.input: say which source input takes the images "
+                              f"(4-D inputs: {four_d or 'none'})")
+    return four_d[0]
+
+
+def _decode(path, size, channels):
+    """Decode and resize with Pillow (a dependency): one decoder, so data is the same everywhere."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32)
+    return arr[..., None] if channels == 1 else arr
+
+
+def apply_contract(source_feed, contract, final_inputs):
+    """The final model's feed: each final input is its source input with the contract's steps applied."""
+    unknown = [n for n in contract if n not in final_inputs]
+    if unknown:
+        raise ValidationError(f"the input contract names {unknown}, which are not inputs of the final model "
+                              f"{list(final_inputs)}{suggest(unknown[0], final_inputs, cutoff=0.5)}; a pass renamed an input "
+                              f"without moving its contract entry")
+    feed = OrderedDict()
+    for name, (dtype, dims) in final_inputs.items():
+        entry = contract.get(name)
+        if entry is None:
+            raise ValidationError(f"final model input '{name}' has no input-contract entry, so validation cannot "
+                                  f"derive its data from the source inputs {list(source_feed)}; the pass that "
+                                  f"added it must record it in ctx.input_contract")
+        # From a source input, or (set_outputs cut the graph's start) a tensor inside the source model.
+        origin = entry.get("source_input") or entry.get("source_tensor")
+        if origin not in source_feed:
+            raise ValidationError(f"the input contract derives final input '{name}' from '{origin}', which is "
+                                  f"neither a source input nor a source tensor validation computed")
+        arr = source_feed[origin]
+        for i, step in enumerate(entry.get("steps") or []):
+            arr = _apply_step(arr, step, f"input contract of '{name}', step {i} {step}")
+        if arr.dtype != dtype or len(arr.shape) != len(dims) or any(d and d != s for d, s in zip(dims, arr.shape)):
+            raise ValidationError(
+                f"the input contract turns source '{origin}' into {arr.dtype} "
+                f"{list(arr.shape)}, but final input '{name}' takes {dtype} {dims}; the contract steps "
+                f"{entry.get('steps') or []} do not match what the passes did to the input")
+        feed[name] = arr
+    return feed
+
+
+def _apply_step(arr, step, where):
+    op = step.get("op")
+    try:
+        if op == "cast":
+            return arr.astype(np.dtype(step["to"]))
+        if op == "transpose":
+            return np.transpose(arr, step["perm"])
+        if op == "reshape":
+            return arr.reshape(step["shape"])
+        if op in _ARITH:
+            if not np.issubdtype(arr.dtype, np.floating):
+                arr = arr.astype(np.float32)  # the graph would have cast before normalizing
+            value = np.asarray(step["value"], dtype=arr.dtype)
+            if value.ndim == 1 and value.size > 1:
+                # Per-channel values: along `axis` if given, else the last axis (numpy broadcasting).
+                axis = step.get("axis", -1) % arr.ndim
+                if arr.shape[axis] != value.size:
+                    raise ValueError(f"{value.size} per-channel values, but axis {axis} of {list(arr.shape)} "
+                                     f"has {arr.shape[axis]}; give the step an 'axis'")
+                value = value.reshape([-1 if d == axis else 1 for d in range(arr.ndim)])
+            return _ARITH[op](arr, value)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValidationError(f"{where}: {type(err).__name__}: {err}")
+    raise ValidationError(f"{where}: unknown op {op!r}; known: {', '.join(STEP_OPS)}{suggest(op, STEP_OPS, cutoff=0.5)}")
