@@ -9,15 +9,15 @@ inference as the runner does, and ONNX Runtime results are compared with the sou
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 
 from tests import tfmodels
+from tests.helpers import ort_run, run_passes
 from trtpipe import registry
 from trtpipe.errors import BuildError, PassError
-from trtpipe.recipe.schema import fill_defaults, schema_errors
+from trtpipe.graph.check import check_rewritten as check_model
+from trtpipe.recipe.schema import schema_errors
 from trtpipe.stages.build.plugins import iter_nodes
-from trtpipe.stages.passes.runner import check_model
 
 # Fixed here (not the demo's default) so the expected NMS settings do not move with the demo; low
 # enough that the sample image gives detections over several classes.
@@ -54,21 +54,10 @@ def reference(source, image):
     return get
 
 
-def ort_run(model, feeds):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})))
-
-
 def run_nms(model, params, tmp_path, **ctx_args):
-    """Validate + default the parameters and run the pass like the runner; returns (model, ctx)."""
-    info = registry.get("nms")
-    assert not list(schema_errors(params, info.schema))
+    """The nms pass as a recipe runs it (schema, defaults, checks); returns (model, ctx)."""
     ctx = registry.PassContext(name="det", stage_dir=tmp_path, **ctx_args)
-    graph = info.func(gs.import_onnx(model), fill_defaults(params, info.schema), ctx)
-    out = gs.export_onnx(graph)
-    check_model(out, "nms")  # onnx.checker + strict shape inference, as after every pass
-    return out, ctx
+    return run_passes(model, [("nms", params)], ctx)
 
 
 def ops(model):

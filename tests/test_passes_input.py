@@ -8,20 +8,17 @@ Runtime on the source model fed the same uint8 image. The last tests hand the re
 TensorRT-RTX parser and builder (SM 8.9, on CPU).
 """
 
-import importlib
-import json
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 
 from tests import tfmodels
+from tests.helpers import ops, ort_run, run_passes
+from trtpipe import registry
 from trtpipe.errors import PassError
 from trtpipe.recipe.schema import fill_defaults, schema_errors
-from trtpipe.registry import SCHEMA_DIR, PassContext
-from trtpipe.stages.passes.runner import check_model, initial_input_contract
 
 SIZE = tfmodels.SMALL["image_size"]
 RAW = ["raw_detection_boxes", "raw_detection_scores"]
@@ -31,46 +28,6 @@ VARIANTS = ["demo", "multi_output_map_fn", "input_shape_consumer"]
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _pass(name):
-    """The registered function and schema, imported directly (independent of other passes)."""
-    module = importlib.import_module(f"passes.{name}")
-    with open(SCHEMA_DIR / f"{name}.schema.json") as f:
-        return getattr(module, name), json.load(f)
-
-
-def run_passes(model, steps, ctx=None):
-    """Run (name, params) steps like trtpipe.transform does: schema, defaults, check after each."""
-    ctx = ctx or PassContext(input_contract=initial_input_contract(model))
-    for name, params in steps:
-        func, schema = _pass(name)
-        assert not list(schema_errors(params, schema)), list(schema_errors(params, schema))
-        graph = func(gs.import_onnx(model), fill_defaults(params, schema), ctx)
-        model = gs.export_onnx(graph)
-        check_model(model, name)  # onnx.checker + strict shape inference
-    return model, ctx
-
-
-def ort_run(model, feeds):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # the source's tf_half_pixel_for_nn deprecation warnings
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-
-
-def ops(model):
-    """All op types, including those inside Loop/If bodies."""
-    out = []
-
-    def walk(graph):
-        for node in graph.node:
-            out.append(node.op_type)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-    walk(model.graph)
-    return out
-
-
 def image_loop_output(model):
     """(index, name) of the source Loop output the first Conv reads."""
     graph = gs.import_onnx(model)
@@ -346,7 +303,7 @@ BAD_PARAMS = {
 @pytest.mark.parametrize("name", sorted(BAD_PARAMS))
 def test_schema_is_strict_and_defaults_validate(name):
     import jsonschema
-    _, schema = _pass(name)
+    schema = registry.get(name).schema
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["additionalProperties"] is False
     assert all("description" in p for p in schema["properties"].values())

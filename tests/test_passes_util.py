@@ -8,8 +8,6 @@ and ONNX Runtime, compared with the model before the pass on the same data. The 
 result is also built with TensorRT-RTX (SM 8.9, ahead of time) with a batch 1..4 profile.
 """
 
-import importlib
-import json
 import os
 
 import numpy as np
@@ -18,12 +16,11 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from polygraphy.backend.onnx import modify_outputs
 
+from tests.helpers import ort_run, run_passes
+from trtpipe import registry
 from trtpipe.errors import PassError
-from trtpipe.recipe.schema import fill_defaults, schema_errors
-from trtpipe.registry import SCHEMA_DIR, PassContext
-from trtpipe.stages.passes.runner import check_model, initial_input_contract
+from trtpipe.recipe.schema import load_schema
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ort.set_default_logger_severity(3)
@@ -34,28 +31,8 @@ PASSES = ["set_outputs", "rename", "remove_nodes", "reshape_helpers", "dynamic_b
 # -- helpers -------------------------------------------------------------------------------------
 
 def run_pass(name, model, params=None, ctx=None):
-    """Run one pass the way trtpipe.transform does: schema-checked params with defaults, a
-    graphsurgeon Graph in, export, onnx.checker + strict shape inference. Returns (model, ctx)."""
-    module = importlib.import_module(f"passes.{name}")
-    func = getattr(module, name)
-    with open(SCHEMA_DIR / f"{name}.schema.json") as f:
-        schema = json.load(f)
-    params = params or {}
-    errors = list(schema_errors(params, schema))
-    assert not errors, errors
-    ctx = ctx or PassContext(input_contract=initial_input_contract(model))
-    graph = func(gs.import_onnx(model), fill_defaults(params, schema), ctx)
-    out = gs.export_onnx(graph)
-    check_model(out, name)
-    return out, ctx
-
-
-def ort_run(model, feeds, outputs=None):
-    if outputs:  # intermediate tensors of the model before the pass
-        model = modify_outputs(model, outputs=list(outputs))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, feeds)))
+    """One pass as a recipe runs it (tests.helpers.run_passes); returns (model, ctx)."""
+    return run_passes(model, [(name, params or {})], ctx)
 
 
 def light(name):
@@ -134,15 +111,13 @@ def tfod(tf, tmp_path_factory):
 @pytest.mark.parametrize("name", PASSES)
 def test_schema_strict_and_documented(name):
     import jsonschema
-    with open(SCHEMA_DIR / f"{name}.schema.json") as f:
-        schema = json.load(f)
+    schema = load_schema(f"passes/{name}.schema.json")
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema") and schema["additionalProperties"] is False
     for key, prop in schema["properties"].items():
         assert prop.get("description"), f"{name}.{key} has no description"
-    from trtpipe.registry import _PASSES
-    importlib.import_module(f"passes.{name}")
-    assert len(_PASSES[name].doc.splitlines()) > 3  # what `pipeline.py passes` shows
+    assert registry.get(name).schema == schema
+    assert len(registry.get(name).doc.splitlines()) > 3  # what `pipeline.py passes` shows
 
 
 # -- set_outputs ---------------------------------------------------------------------------------

@@ -13,12 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
 from trtpipe.errors import EXIT_VALIDATION, ValidationError
+from trtpipe.recipe.resolved import DEFAULT_IOU, DEFAULT_TOLERANCES
 from trtpipe.recipe.schema import fill_defaults, load_schema, schema_errors
 from trtpipe.stages.passes.runner import initial_input_contract
 from trtpipe.stages.validate import detections as det
 from trtpipe.stages.validate.compare import (
-    DEFAULT_IOU,
-    DEFAULT_TOLERANCES,
     print_table,
     resolve_config,
     validate_models,
