@@ -153,9 +153,9 @@ class EffDetDemo(tf.Module):
             ])
             cin = cout
         f = ch(64)
-        self.lateral = [_Conv(rng, f"fpn/lateral_p{l}", c, f, k=1, act=False)
-                        for l, (c, _) in zip(LEVELS, stages[1:])]
-        self.fpn_out = [_Conv(rng, f"fpn/out_p{l}", f, f, kind="separable") for l in LEVELS]
+        self.lateral = [_Conv(rng, f"fpn/lateral_p{level}", c, f, k=1, act=False)
+                        for level, (c, _) in zip(LEVELS, stages[1:])]
+        self.fpn_out = [_Conv(rng, f"fpn/out_p{level}", f, f, kind="separable") for level in LEVELS]
         # Shared heads as in EfficientDet; class bias starts at the usual -log(99) prior.
         self.box_net = [_Conv(rng, f"box_net/conv{i}", f, f, kind="separable")
                         for i in range(head_depth)]

@@ -13,7 +13,6 @@ from trtpipe.graph.tidy import remove_dead
 
 @register_pass("cleanup")
 def cleanup(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
-    """Remove what feeds no output; optionally unused graph inputs and a topological sort."""
     before = len(graph.nodes)
     graph = remove_dead(graph, remove_unused_inputs=params["remove_unused_inputs"],
                         remove_unused_node_outputs=params["remove_unused_node_outputs"], toposort=params["toposort"])

@@ -40,7 +40,7 @@ ROLES = ("num_detections", "detection_boxes", "detection_scores", "detection_cla
 _PLUGINS = {"efficient_nms": "EfficientNMS_TRT", "batched_nms": "BatchedNMS_TRT"}
 
 
-def precheck(params, ctx):
+def precheck(params: dict, ctx: PassContext) -> None:
     """Refuse, before any conversion, a mode the recipe's backend cannot build."""
     mode = params["mode"]
     _check_backend(mode, ctx)
@@ -52,7 +52,8 @@ def precheck(params, ctx):
             ctx.require_plugin(plugin)
         except PipelineError as err:  # a backend limitation: reported as a build error (exit 7)
             raise BuildError(f"mode {mode} needs the {plugin} plugin: {err.message}",
-                             hint="on TensorRT-RTX use `mode: split`; or add the plugin library to build.plugins")
+                             hint="on TensorRT-RTX use `mode: split`; or add the plugin library to build.plugins"
+                             ) from err
 
 
 @register_pass("nms", precheck=precheck)
@@ -184,7 +185,7 @@ def _anchors(b, spec, boxes, ctx):
         try:
             values = np.load(path)
         except OSError as err:
-            raise PassError(f"anchors file {path} cannot be read: {err}")
+            raise PassError(f"anchors file {path} cannot be read: {err}") from err
     else:
         values = match_mod.constant_value(match_mod.lookup(b.graph, spec, "anchors"))
         if values is None:

@@ -19,7 +19,6 @@ from trtpipe.graph.tidy import fold_to_fixpoint, remove_dead
 
 @register_pass("sanitize")
 def sanitize(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
-    """fold (optional) -> cleanup + toposort -> shape inference (optional); logs untyped tensors."""
     nodes_before = len(graph.nodes)
     if params["fold"]:
         graph, rounds = fold_to_fixpoint(graph, fold_shapes=params["fold_shapes"], partitioning=params["partitioning"],

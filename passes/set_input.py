@@ -21,7 +21,6 @@ from trtpipe.graph.inputs import PERMS, SHAPE_ONLY_OPS, add_node, find_input, re
 
 @register_pass("set_input")
 def set_input(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
-    """Rewrite the input named `params['name']`; adapters keep its readers' view unchanged."""
     inp = find_input(graph, params.get("name"), "set_input")
     old_name, old_dtype = inp.name, np.dtype(inp.dtype)
     old_shape = list(inp.shape) if inp.shape is not None else None

@@ -95,3 +95,13 @@ def convert(saved_model_dir, opset: int = 17, signature: str = "serving_default"
     src = load_source({"saved_model": str(saved_model_dir), "opset": opset, "signature": signature,
                        "tag": "serve", "large_model": False})
     return src.model
+
+
+def convert_function(tf_function, dest, opset: int = 17) -> onnx.ModelProto:
+    """A `tf.function` (with an input_signature) saved as a SavedModel whose serving_default is that
+    function, then converted by the product's source stage like any recipe source."""
+    import tensorflow as tf
+    module = tf.Module()
+    module.f = tf_function
+    tf.saved_model.save(module, str(dest), signatures={"serving_default": tf_function})
+    return convert(dest, opset)

@@ -99,20 +99,11 @@ VARIANTS = {
 
 
 def convert(saved_model_dir, opset=17):
-    """SavedModel (serving_default) -> onnx.ModelProto, the way `python -m tf2onnx.convert
-    --saved-model` does it, in-process. Output names are the signature's (TF-OD names)."""
-    import tensorflow as tf
-    from tf2onnx import convert as tf2onnx_convert
-    from tf2onnx import tf_loader
-
-    graph_def, inputs, outputs, _tables, tensors_to_rename = tf_loader.from_saved_model(
-        str(saved_model_dir), None, None, tag="serve", signatures=["serving_default"],
-        return_initialized_tables=True, return_tensors_to_rename=True)
-    with tf.device("/cpu:0"):
-        model, _ = tf2onnx_convert.from_graph_def(
-            graph_def, input_names=inputs, output_names=outputs, opset=opset,
-            tensors_to_rename=tensors_to_rename)
-    return model
+    """SavedModel (serving_default) -> onnx.ModelProto through the product's own source stage
+    (tests.helpers.convert: tf2onnx as the CLI runs it, deterministic, op-checked). Output names
+    are the signature's (TF-OD names)."""
+    from tests.helpers import convert as product_convert
+    return product_convert(saved_model_dir, opset)
 
 
 def _cache_dir():
@@ -143,6 +134,8 @@ def onnx_model(variant="demo", opset=17, **options):
                                     default=str).encode())
     for src in (Path(__file__), DEMO_SCRIPT, DEMO_SCRIPT.parent / "demo_image.py"):
         key.update(src.read_bytes())
+    from trtpipe.cache.code import code_digest  # the conversion code: the source stage's closure
+    key.update(code_digest(["trtpipe.stages.source.load"]).encode())
     cache = _cache_dir()
     path = cache / f"{variant}-{key.hexdigest()[:16]}.onnx" if cache else None
     if path and path.exists():

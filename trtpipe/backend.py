@@ -19,6 +19,11 @@ NAMES = ("auto", "tensorrt", "tensorrt_rtx")
 _TRT_INSTALL = "pip install 'trt-pipeline[tensorrt]' (tensorrt>=10; needs NVIDIA's package index)"
 _RTX_INSTALL = ("pip install tensorrt-rtx-cu13-bindings==1.7.1.116 "
                 "onnxruntime-ep-nv-tensorrt-rtx-cu13==0.5.0")
+# Everything a run needs (TensorFlow, tf2onnx, ONNX Runtime, Polygraphy, TensorRT-RTX); the core
+# install (`pip install trt-pipeline`, pre-commit hooks) has only what the review commands need.
+INSTALL_ALL = "pip install 'trt-pipeline[all]'"
+# Python modules that provide each backend, looked up without importing them.
+BACKEND_MODULES = {"tensorrt": ("tensorrt",), "tensorrt_rtx": ("tensorrt_rtx_bindings", "tensorrt_rtx")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,21 +34,21 @@ class Backend:
     version_tuple: tuple  # e.g. (1, 7, 1, 116)
 
     @property
-    def major(self):
+    def major(self) -> int:
         return self.version_tuple[0] if self.version_tuple else 0
 
     @property
-    def is_rtx(self):
+    def is_rtx(self) -> bool:
         return self.name == "tensorrt_rtx"
 
     @property
-    def label(self):
+    def label(self) -> str:
         """Short name for messages: 'tensorrt_rtx 1.7.1'."""
         return f"{self.name} {'.'.join(map(str, self.version_tuple[:3]))}"
 
 
 @lru_cache(maxsize=None)
-def resolve_backend(name="auto"):
+def resolve_backend(name: str = "auto") -> Backend:
     if name not in NAMES:
         raise BuildError(f"unknown build backend {name!r}; expected one of {', '.join(NAMES)}")
     if name == "tensorrt":
@@ -58,6 +63,32 @@ def resolve_backend(name="auto"):
         except BuildError as rtx_err:
             raise BuildError("no TensorRT backend can be imported:\n  - " + str(trt_err)
                              + "\n  - " + str(rtx_err)) from None
+
+
+def installed_backends() -> list[str]:
+    """Names of the backends whose Python module is installed here, in `auto` order.
+
+    Looked up with importlib.util.find_spec, so nothing is imported (and nothing slow or
+    crashing runs); an installed backend that then fails to import is still "installed": its
+    import error is a problem to report, not a reason to skip checks.
+    """
+    return [name for name, modules in BACKEND_MODULES.items() if any(_module_installed(m) for m in modules)]
+
+
+def no_backend_reason() -> str | None:
+    """Why no backend can be used here when none is installed at all, else None."""
+    if installed_backends():
+        return None
+    return f"no TensorRT or TensorRT-RTX installed: {INSTALL_ALL}"
+
+
+def _module_installed(name):
+    if name in sys.modules:
+        return sys.modules[name] is not None  # None: blocked (import of it fails)
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _load_tensorrt():
@@ -117,7 +148,7 @@ def _vtuple(version):
     return tuple(parts)
 
 
-def rtx_supported_ccs(backend):
+def rtx_supported_ccs(backend: Backend) -> list[str]:
     """Compute capabilities this TensorRT-RTX knows, as "8.9"-style strings (from the enum)."""
     out = []
     for member in getattr(backend.trt.ComputeCapability, "__members__", {}):
@@ -126,7 +157,7 @@ def rtx_supported_ccs(backend):
     return out
 
 
-def has_runtime_gpu(backend, compute_capabilities=None):
+def has_runtime_gpu(backend: Backend, compute_capabilities: list[str] | None = None) -> tuple[bool, str]:
     """(True, description) if a plan from `backend` can be deserialized and run here, else
     (False, precise reason). Never raises; never needs a GPU to answer."""
     ok, info = probe_cuda()
@@ -145,7 +176,7 @@ def has_runtime_gpu(backend, compute_capabilities=None):
 
 
 @lru_cache(maxsize=1)
-def probe_cuda():
+def probe_cuda() -> tuple[bool, dict | str]:
     """Ask the CUDA driver directly (ctypes): creating a trt.Runtime succeeds even without a GPU."""
     names = ["nvcuda.dll"] if sys.platform.startswith("win") else ["libcuda.so.1", "libcuda.so"]
     lib = None

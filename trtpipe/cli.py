@@ -1,9 +1,12 @@
 """Command line: `python pipeline.py RECIPE` runs a recipe; `python pipeline.py passes` lists passes."""
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
 import textwrap
+from typing import NoReturn
 
 from trtpipe.commands import COMMANDS, command, guarded
 from trtpipe.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
@@ -40,7 +43,8 @@ def _main_parser():
         epilog=_exit_code_help() + "\n\nRecipe reference: schemas/recipe.schema.json (see docs/).")
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/effdet.yaml")
     parser.add_argument("--no-validate", action="store_true", help="skip validation (recorded in the report)")
-    parser.add_argument("-o", "--output-dir", metavar="DIR", help="write artifacts here instead of the recipe's output.dir")
+    parser.add_argument("-o", "--output-dir", metavar="DIR",
+                        help="write artifacts here instead of the recipe's output.dir")
     parser.add_argument("--force", action="store_true", help="re-run every stage, ignoring cached outputs")
     parser.add_argument("--from", dest="from_stage", metavar="STAGE",
                         help="re-run STAGE and every stage after it: source, passes, passes[N] or a pass name, "
@@ -55,7 +59,7 @@ def _cache_dir_flag(parser):
                         help="stage cache directory (default: $TRTPIPE_CACHE_DIR, else $XDG_CACHE_HOME/trt-pipeline)")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from trtpipe.review import commands as review  # noqa: F401  (registers check, explain, diff, fmt, docs)
     if argv and argv[0] in COMMANDS:
@@ -74,7 +78,7 @@ def main(argv=None):
 
 
 @command("passes")
-def cmd_passes(argv):
+def cmd_passes(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python pipeline.py passes",
                                      description="List registered graph-surgery passes with their parameters.")
     parser.add_argument("name", nargs="?", help="show one pass in full")
@@ -98,7 +102,7 @@ def cmd_passes(argv):
 
 
 @command("cache")
-def cmd_cache(argv):
+def cmd_cache(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python pipeline.py cache",
                                      description="Inspect or prune the stage cache (converted models, pass outputs, "
                                                  "validation results, plans, timing caches).")
@@ -160,7 +164,7 @@ def _cache_info(ui, store, how, verify):
     return EXIT_OK
 
 
-def entry():
+def entry() -> NoReturn:
     try:
         code = main()
     except SystemExit:

@@ -35,12 +35,12 @@ class PipelineError(Exception):
     exit_code = EXIT_INTERNAL
     stage = "pipeline"
 
-    def __init__(self, message, *, hint=None):
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
@@ -81,12 +81,23 @@ def suggest(word: object, candidates: "list[object] | set[object] | tuple[object
         word: what the user wrote (any value; compared as text).
         candidates: the valid choices.
         cutoff: difflib similarity ratio a match needs (0.6 is difflib.get_close_matches' default).
+
+    Returns:
+        `" (did you mean 'x'?)"` for the closest candidate, or `""` when none is close enough.
     """
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def did_you_mean(word: str, choices: "list[str] | set[str] | tuple[str, ...]") -> "str | None":
-    """A hint naming up to 3 close matches of `word` among `choices` (difflib cutoff 0.5), or None."""
+    """A hint naming up to 3 close matches of `word` among `choices` (difflib cutoff 0.5), or None.
+
+    Args:
+        word: what the user wrote (a name, a file name).
+        choices: the valid names.
+
+    Returns:
+        `"did you mean 'a' or 'b'?"`, for PipelineError's `hint=`; None when nothing is close.
+    """
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
     return "did you mean " + " or ".join(map(repr, close)) + "?" if close else None

@@ -15,7 +15,7 @@ import pkgutil
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trtpipe.errors import PassError
 
@@ -23,6 +23,8 @@ ENTRY_POINT_GROUP = "trt_pipeline.passes"
 
 _PASSES = {}
 _loaded = False
+# a pass: (graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph
+PassFunc = TypeVar("PassFunc", bound=Callable[..., Any])
 
 
 @dataclasses.dataclass
@@ -42,14 +44,14 @@ class PassInfo:
 
     @property
     def doc(self) -> str:
-        """The pass's documentation: its module docstring (what graph problem it solves), else the
-        function's."""
+        """The pass's documentation: the function's docstring, else its module's (built-in passes
+        document the graph problem they solve in the module docstring)."""
         module = inspect.getmodule(self.func)
-        return inspect.cleandoc((module.__doc__ if module else None) or self.func.__doc__ or "")
+        return inspect.cleandoc(self.func.__doc__ or (module.__doc__ if module else None) or "")
 
 
 def register_pass(name: str, schema: dict | None = None,
-                  precheck: Callable[[dict, PassContext], None] | None = None) -> Callable:
+                  precheck: Callable[[dict, PassContext], None] | None = None) -> Callable[[PassFunc], PassFunc]:
     """Decorator: register `func(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph`
     under `name`.
 
@@ -61,8 +63,13 @@ def register_pass(name: str, schema: dict | None = None,
             that cannot work with the chosen backend (e.g. a plugin it lacks) before any
             conversion starts; `check` runs it too.
 
+    Returns:
+        The decorator; it registers the function when applied (at import of the pass module) and
+        returns it unchanged.
+
     Raises:
-        RuntimeError: no schema was given or shipped, or `name` is taken by another function.
+        RuntimeError: (when the decorator is applied) no schema was given or shipped, or `name` is
+            taken by another function. A programming error in the pass package, not a user error.
     """
     from trtpipe.recipe.schema import has_schema, load_schema
 
@@ -102,7 +109,7 @@ def load_all() -> None:
         try:
             ep.load()
         except Exception as err:  # a broken plugin must not take the tool down silently
-            raise PassError(f"third-party pass entry point '{ep.name}' ({ep.value}) failed to load: {err}")
+            raise PassError(f"third-party pass entry point '{ep.name}' ({ep.value}) failed to load: {err}") from err
 
 
 def get(name: str) -> PassInfo | None:
@@ -157,6 +164,12 @@ class PassContext:
 
     def require_plugin(self, plugin: str, version: str = "1", namespace: str = "") -> None:
         """Refuse, before any conversion, when the run's backend has no creator for `plugin`.
+
+        Args:
+            plugin: the plugin creator's name as the TensorRT plugin registry lists it
+                (e.g. "EfficientNMS_TRT").
+            version: the creator version required ("" accepts any).
+            namespace: the creator's plugin namespace ("" is TensorRT's default namespace).
 
         Raises:
             BuildError: the backend's plugin registry lacks it (or the backend is not installed).

@@ -9,8 +9,9 @@ imports does not.
 
 Not followed: the cache's own bookkeeping (`trtpipe.cache`, `trtpipe.stages.run_state`), which
 decides where outputs are stored, not what they contain; the store's `FORMAT` covers that.
-Dynamic imports (`importlib.import_module`) are invisible to this walk: project code does not
-use them on a stage's path (the pass registry's discovery is not part of any output).
+Imports under `if TYPE_CHECKING:` are skipped (they never run). Dynamic imports
+(`importlib.import_module`) are invisible to this walk: project code does not use them on a
+stage's path (the pass registry's discovery is not part of any output).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ast
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 NOT_FOLLOWED = ("trtpipe.cache", "trtpipe.stages.run_state")
@@ -105,7 +107,7 @@ def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
     data = path.read_bytes()
     module = package or _module_name(path)
     names: list[str] = []
-    for node in ast.walk(ast.parse(data, filename=str(path))):
+    for node in _runtime_nodes(ast.parse(data, filename=str(path))):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -116,6 +118,25 @@ def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
     value = (hashlib.sha256(data).hexdigest(), names)
     _parsed[str(path)] = (stamp, *value)
     return value
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of `tree` except those under `if TYPE_CHECKING:`: imports made only for type
+    annotations never run, so they are no dependency of a stage's output."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _module_name(path: Path) -> str:

@@ -1,12 +1,18 @@
 """File primitives of the stage cache: crash-safe writes, streamed sha256, and ONNX models that
 keep their weights in an external `.data` file once they are too big for one protobuf."""
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
 
 MODEL = "model.onnx"
 # Models at least this big are stored with their weights in MODEL + ".data" (protobuf cannot
@@ -14,7 +20,7 @@ MODEL = "model.onnx"
 EXTERNAL_DATA_BYTES = 2**31 - 1
 
 
-def sha256_file(path):
+def sha256_file(path: str | Path) -> str:
     """sha256 of a file, streamed (weights files can be gigabytes)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -23,7 +29,7 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def atomic_write(path, data):
+def atomic_write(path: str | Path, data: bytes) -> None:
     """Write `data` through a synced temporary file renamed into place: readers never see a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +46,7 @@ def atomic_write(path, data):
         raise
 
 
-def fsync_dir(path):
+def fsync_dir(path: str | Path) -> None:
     """Make a rename inside `path` durable (best effort: not every filesystem allows it)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -50,13 +56,29 @@ def fsync_dir(path):
             os.close(fd)
 
 
-def all_tensors(model):
-    """Every TensorProto of a model (initializers, attributes, subgraphs)."""
-    from onnx.external_data_helper import _get_all_tensors
-    return list(_get_all_tensors(model))
+def all_tensors(model: "onnx.ModelProto") -> list:
+    """Every TensorProto of a model: initializers, sparse initializers' values, and tensor
+    attributes (`t`, `tensors`), in the main graph and every subgraph (what
+    onnx.external_data_helper's private _get_all_tensors walks, with public protobuf fields)."""
+    out = []
+
+    def walk(graph):
+        out.extend(graph.initializer)
+        out.extend(s.values for s in graph.sparse_initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    out.append(attr.t)
+                out.extend(attr.tensors)
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+    walk(model.graph)
+    return out
 
 
-def save_model(model, path):
+def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     """Save a ModelProto; a large one with its weights in `<name>.data` beside it. The in-memory
     model keeps its weights (onnx moves them out while saving; they are read back once)."""
     import onnx
@@ -69,14 +91,14 @@ def save_model(model, path):
         onnx.save_model(model, str(path))
 
 
-def model_files(path):
+def model_files(path: str | Path) -> list[Path]:
     """[path] or [path, path.data]: the files a saved model consists of."""
     path = Path(path)
     data = path.with_name(path.name + ".data")
     return [path, data] if data.exists() else [path]
 
 
-def copy_model(src, dest):
+def copy_model(src: str | Path, dest: str | Path) -> None:
     """Copy a saved model (and its external data, renamed after `dest`) without loading weights."""
     import onnx
     src, dest = Path(src), Path(dest)

@@ -2,6 +2,8 @@
 remembered across runs, the versions of the libraries a stage uses, and the files a recipe value
 names. The code a stage depends on is hashed by cache/code.py."""
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import json
@@ -9,17 +11,18 @@ import os
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from trtpipe.cache.files import all_tensors, atomic_write, sha256_file
 
 
-def digest(obj):
+def digest(obj: Any) -> str:
     """sha256 of a JSON-able value in canonical form."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def versions(*dists):
+def versions(*dists: str) -> dict[str, str | None]:
     """{distribution: installed version or None}, read from metadata: importing TensorFlow to
     ask it would cost seconds."""
     found = {}
@@ -36,11 +39,11 @@ class Hasher:
     so a re-run does not re-read gigabytes of unchanged weights. A file modified within the last
     2 s is always re-read (its mtime may not have ticked yet)."""
 
-    def __init__(self, root=None):
+    def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) / "filehash" if root else None
         self._mem = {}
 
-    def file(self, path):
+    def file(self, path: str | Path) -> str:
         path = Path(path).resolve()
         st = path.stat()
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
@@ -63,16 +66,16 @@ class Hasher:
                 atomic_write(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": value}).encode())
         return value
 
-    def tree(self, directory):
+    def tree(self, directory: str | Path) -> str:
         """Hash of a directory's files (relative names + contents)."""
         directory = Path(directory)
         files = sorted(p for p in directory.rglob("*") if p.is_file())
         return digest([[p.relative_to(directory).as_posix(), self.file(p)] for p in files])
 
-    def path(self, path):
+    def path(self, path: str | Path) -> str:
         return self.tree(path) if Path(path).is_dir() else self.file(path)
 
-    def onnx_file(self, path):
+    def onnx_file(self, path: str | Path) -> str:
         """An ONNX file plus the external data files it names."""
         import onnx
         from onnx.external_data_helper import ExternalDataInfo, uses_external_data
@@ -90,7 +93,7 @@ class Hasher:
         return digest([own, deps])
 
 
-def referenced_files(value, base, hasher):
+def referenced_files(value: Any, base: str | Path | None, hasher: Hasher) -> dict[str, str]:
     """Content hashes of files/directories named by string values (pass parameters, data specs)."""
     found = {}
 

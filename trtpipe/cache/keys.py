@@ -21,10 +21,18 @@ values are hashed as the resolved recipe holds them (normalized: `fp16` and `{mo
 one key).
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trtpipe.cache.code import code_digest
-from trtpipe.cache.hashing import digest, referenced_files, versions
+from trtpipe.cache.hashing import Hasher, digest, referenced_files, versions
+
+if TYPE_CHECKING:
+    from trtpipe.backend import Backend
+    from trtpipe.recipe.load import Recipe
+    from trtpipe.registry import PassContext
 
 # The modules whose import closures compute each stage's output: the stage's work and its cached
 # wrapper (which prepares inputs, e.g. validation's fp32 twin of an fp16 model).
@@ -45,10 +53,11 @@ def stage_code(stage: str, extra: tuple = ()) -> str:
 class Keys:
     """Cache keys of one recipe's stages."""
 
-    def __init__(self, recipe, backend, hasher):
+    def __init__(self, recipe: Recipe, backend: Backend, hasher: Hasher) -> None:
         self.recipe, self.backend, self.hasher = recipe, backend, hasher
 
-    def source(self):
+    def source(self) -> str | None:
+        """The source stage's key, or None when the source file or directory is missing."""
         src = self.recipe.data["source"]
         opts = {k: v for k, v in src.items() if k not in ("onnx", "saved_model")}
         if src.get("onnx"):
@@ -64,12 +73,13 @@ class Keys:
                        "content": content, "options": opts, "versions": tools,
                        "code": stage_code("source")})
 
-    def pass_(self, index, item, input_sha, ctx_state):
+    def pass_(self, index: int, item: dict, input_sha: str, ctx_state: dict) -> str:
         from trtpipe import registry
         info = registry.get(item["pass"])
         return digest({"stage": "pass", "input": input_sha, "pass": item["pass"], "params": item["params"],
                        "files": referenced_files(item["params"], self.recipe.dir, self.hasher),
-                       "code": stage_code("pass", (info.func.__module__,)), "ctx": ctx_state, "context": self._pass_context(),
+                       "code": stage_code("pass", (info.func.__module__,)), "ctx": ctx_state,
+                       "context": self._pass_context(),
                        "versions": versions("onnx", "onnx-graphsurgeon", "numpy")})
 
     def _pass_context(self):
@@ -78,7 +88,7 @@ class Keys:
                 "plugins": [[Path(p).name, self.hasher.file(p) if Path(p).is_file() else None]
                             for p in build.get("plugins") or []]}
 
-    def precision(self, input_sha, source_sha, contract):
+    def precision(self, input_sha: str, source_sha: str, contract: dict) -> str:
         prec = self.recipe.data["precision"]  # normalized: fp16 and {mode: fp16} are one key
         mode = prec["mode"]
         parts = {"stage": "precision", "input": input_sha, "precision": prec, "ccs": self._ccs(),
@@ -90,7 +100,7 @@ class Keys:
                          files=referenced_files([prec, data], self.recipe.dir, self.hasher))
         return digest(parts)
 
-    def validate(self, source_sha, final_sha, ctx_state, plan_sha=None):
+    def validate(self, source_sha: str, final_sha: str, ctx_state: dict, plan_sha: str | None = None) -> str:
         cfg = self.recipe.data.get("validate")
         return digest({"stage": "validate", "source": source_sha, "final": final_sha, "ctx": ctx_state,
                        "validate": cfg, "precision": self.recipe.data["precision"], "plan": plan_sha,
@@ -99,7 +109,7 @@ class Keys:
                        "versions": versions("onnx", "onnxruntime", "polygraphy", "numpy", "pillow"),
                        "code": stage_code("validate")})
 
-    def build(self, final_sha):
+    def build(self, final_sha: str) -> str:
         b = self.recipe.data["build"]
         settings = {k: b.get(k) for k in ("workspace_bytes", "optimization_level", "profiles")}
         return digest({"stage": "build", "input": final_sha, "settings": settings, "ccs": self._ccs(),
@@ -109,7 +119,7 @@ class Keys:
     def _ccs(self):
         return list(self.recipe.data["build"]["compute_capabilities"]) if self.backend.is_rtx else None
 
-    def device(self):
+    def device(self) -> str:
         """What the plan is built for: RTX's compute capabilities, else the local GPU."""
         if self.backend.is_rtx:
             return "sm" + "+".join(c.replace(".", "") for c in self.recipe.data["build"]["compute_capabilities"])
@@ -118,7 +128,7 @@ class Keys:
         return f"{info['name']}-sm{info['cc'].replace('.', '')}" if ok else "no-gpu"
 
 
-def ctx_state(ctx, hasher):
+def ctx_state(ctx: PassContext, hasher: Hasher) -> dict[str, Any]:
     """What passes hand to later stages, in a form that keys and entries can hold."""
     return {"input_contract": ctx.input_contract, "output_map": ctx.output_map, "postprocess": ctx.postprocess,
             "artifacts": {name: hasher.file(p) if Path(p).is_file() else None

@@ -7,10 +7,14 @@ property to tell leftovers of dead runs (temporary cache entries, staging direct
 directories a live run still owns.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -26,13 +30,14 @@ class FileLock:
     `on_wait(holder)` is called once if the lock is busy, with whatever the holder wrote into the
     lock file (its pid), so the user learns why nothing happens."""
 
-    def __init__(self, path, shared=False, on_wait=None):
+    def __init__(self, path: str | Path, shared: bool = False,
+                 on_wait: Callable[[str | None], Any] | None = None) -> None:
         self.path = Path(path)
         self.shared = shared
         self.on_wait = on_wait
         self._fd = None
 
-    def acquire(self, blocking=True):
+    def acquire(self, blocking: bool = True) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is None:
@@ -54,16 +59,16 @@ class FileLock:
         self._fd = fd
         return True
 
-    def release(self):
+    def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    def __enter__(self):
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         self.release()
         return False
 
@@ -75,7 +80,7 @@ def _read_holder(fd):
         return None
 
 
-def own_directory(directory):
+def own_directory(directory: str | Path) -> FileLock:
     """Mark `directory` as owned by this process until the returned lock is released (or the
     process dies). Pair with is_abandoned()."""
     lock = FileLock(Path(directory) / OWNER_FILE)
@@ -83,7 +88,7 @@ def own_directory(directory):
     return lock
 
 
-def is_abandoned(directory, grace_s=600):
+def is_abandoned(directory: str | Path, grace_s: float = 600) -> bool:
     """True when no live process owns `directory`: its owner lock can be taken, or it has no owner
     file and is older than `grace_s` (killed between creating it and locking it)."""
     owner = Path(directory) / OWNER_FILE
@@ -100,7 +105,7 @@ def is_abandoned(directory, grace_s=600):
 
 
 @contextlib.contextmanager
-def held(*locks):
+def held(*locks: FileLock) -> Iterator[None]:
     """Acquire several locks in order; release in reverse."""
     with contextlib.ExitStack() as stack:
         for lock in locks:

@@ -1,11 +1,19 @@
 """Which stages of a recipe the stage cache already holds (for `explain`), computed from cache
 keys alone: nothing is converted, run or built, and TensorFlow is not imported."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from trtpipe.cache.keys import Keys
 from trtpipe.cache.store import Cache, resolve_dir
 
+if TYPE_CHECKING:
+    from trtpipe.recipe.load import Recipe
 
-def stage_status(recipe, cache_dir=None):
+
+def stage_status(recipe: str | Path | Recipe, cache_dir: str | Path | None = None) -> dict[str, str]:
     """{stage label: "cached" | "would run"} for `recipe` (a path or a loaded Recipe). Labels:
     source, passes[i], precision, validate, build, publish (stage_order.stage_labels). A stage
     whose key depends on an earlier output that is not cached "would run". Disabled passes are

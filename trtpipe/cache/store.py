@@ -16,6 +16,8 @@ when that stage's output is complete but not yet committed, so tests can SIGKILL
 point. Never set it outside tests.
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import json
@@ -24,12 +26,19 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trtpipe.cache.files import MODEL, atomic_write, fsync_dir, model_files, save_model, sha256_file
 from trtpipe.cache.hashing import Hasher, digest
 from trtpipe.cache.lock import OWNER_FILE, FileLock, is_abandoned, own_directory
 from trtpipe.errors import OutputError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from trtpipe.backend import Backend
 
 ENV = "TRTPIPE_CACHE_DIR"
 PAUSE_ENV = "TRTPIPE_TEST_PAUSE_AT"
@@ -41,12 +50,12 @@ class CorruptEntry(Exception):
     """A cache entry whose files do not match its manifest (already discarded when raised)."""
 
 
-def default_dir():
+def default_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "trt-pipeline"
 
 
-def resolve_dir(flag=None):
+def resolve_dir(flag: str | Path | None = None) -> tuple[Path, str]:
     """(path, how it was chosen): --cache-dir, $TRTPIPE_CACHE_DIR, or the XDG default."""
     if flag:
         return Path(flag).expanduser().resolve(), "--cache-dir"
@@ -55,7 +64,7 @@ def resolve_dir(flag=None):
     return default_dir(), "default (XDG cache directory)"
 
 
-def pause(label):
+def pause(label: str | None) -> None:
     """TRTPIPE_TEST_PAUSE_AT (tests only): stop at `label` so a test can SIGKILL the run there."""
     want = os.environ.get(PAUSE_ENV)
     if not want or not label:
@@ -66,17 +75,17 @@ def pause(label):
 
 
 class Entry:
-    def __init__(self, cache, kind, key, directory, manifest):
+    def __init__(self, cache: Cache, kind: str, key: str, directory: str | Path, manifest: dict) -> None:
         self.cache, self.kind, self.key, self.dir, self.manifest = cache, kind, key, Path(directory), manifest
 
     @property
-    def meta(self):
+    def meta(self) -> dict:
         return self.manifest["meta"]
 
-    def path(self, name):
+    def path(self, name: str) -> Path:
         return self.dir / name
 
-    def verify(self, names=None):
+    def verify(self, names: list[str] | tuple[str, ...] | None = None) -> None:
         """Check the named files (default: all) against the manifest; CorruptEntry if not."""
         files = self.manifest["files"]
         for name in (files if names is None else names):
@@ -95,32 +104,32 @@ class Entry:
                 self.cache.discard(self, problem)
                 raise CorruptEntry(f"cache entry {self.kind}/{self.key[:16]}: {problem}")
 
-    def model_files(self, name=MODEL):
+    def model_files(self, name: str = MODEL) -> list[str]:
         return [n for n in (name, name + ".data") if n in self.manifest["files"]]
 
 
 class Writer:
     """Builds an entry in a private temporary directory; `commit()` renames it into place."""
 
-    def __init__(self, cache, kind, key):
+    def __init__(self, cache: Cache, kind: str, key: str) -> None:
         self.cache, self.kind, self.key = cache, kind, key
         self.dir = Path(tempfile.mkdtemp(dir=cache.tmp_dir, prefix=f"{kind}-"))
         self._owner = own_directory(self.dir)
         self.meta = {}
         self.committed = False
 
-    def save_model(self, model, name=MODEL):
+    def save_model(self, model: onnx.ModelProto, name: str = MODEL) -> str:
         """Save the model into the entry; returns its sha256 (of the model and its .data file)."""
         save_model(model, self.dir / name)
         files = model_files(self.dir / name)
         return sha256_file(files[0]) if len(files) == 1 else digest([sha256_file(p) for p in files])
 
-    def add_file(self, name, src):
+    def add_file(self, name: str, src: str | Path) -> None:
         dest = self.dir / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
 
-    def commit(self, pause_label=None):
+    def commit(self, pause_label: str | None = None) -> Entry:
         """Write the manifest and rename the directory into place; returns the Entry. If another
         run committed the same key meanwhile, its entry is kept (same key, same content)."""
         files = {}
@@ -156,21 +165,21 @@ class Writer:
             raise OutputError(f"cache entry {self.kind}/{self.key[:16]} vanished right after it was written")
         return entry
 
-    def __enter__(self):
+    def __enter__(self) -> Writer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         if not self.committed:
             self.abort()
         return False
 
-    def abort(self):
+    def abort(self) -> None:
         self._owner.release()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Cache:
-    def __init__(self, root, warn=None):
+    def __init__(self, root: str | Path, warn: Callable[[str], Any] | None = None) -> None:
         self.root = Path(root)
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self.hasher = Hasher(self.root)
@@ -178,24 +187,24 @@ class Cache:
 
     # layout ---------------------------------------------------------------------------------
     @property
-    def tmp_dir(self):
+    def tmp_dir(self) -> Path:
         return self.root / "tmp"
 
-    def entry_dir(self, kind, key):
+    def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / "entries" / kind / key[:2] / key
 
-    def open(self):
+    def open(self) -> Cache:
         """Create the layout and remove leftovers of dead runs; OutputError when not writable."""
         try:
             for sub in ("entries", "tmp", "locks", "timing", "filehash", "trash"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(f"cache directory {self.root} is not writable: {err.strerror or err}",
-                              hint=f"point --cache-dir or ${ENV} at a writable directory")
+                              hint=f"point --cache-dir or ${ENV} at a writable directory") from err
         self.clean_abandoned()
         return self
 
-    def clean_abandoned(self):
+    def clean_abandoned(self) -> int:
         removed = 0
         for d in list(self.tmp_dir.iterdir()) + list((self.root / "trash").iterdir()):
             if d.is_dir() and (d.parent.name == "trash" or is_abandoned(d)):
@@ -204,16 +213,16 @@ class Cache:
         return removed
 
     # locks ----------------------------------------------------------------------------------
-    def recipe_lock(self, recipe_path, on_wait=None):
+    def recipe_lock(self, recipe_path: str | Path, on_wait: Callable[[str | None], Any] | None = None) -> FileLock:
         name = hashlib.sha256(str(Path(recipe_path).resolve()).encode()).hexdigest()[:24]
         return FileLock(self.root / "locks" / f"recipe-{name}.lock", on_wait=on_wait)
 
-    def use_lock(self, shared=True):
+    def use_lock(self, shared: bool = True) -> FileLock:
         """Held shared by every run, exclusively by prune: prune never removes what a run reads."""
         return FileLock(self.root / "locks" / "cache.lock", shared=shared)
 
     # entries --------------------------------------------------------------------------------
-    def get(self, kind, key, verify=None):
+    def get(self, kind: str, key: str, verify: list[str] | tuple[str, ...] | None = None) -> Entry | None:
         """The entry for `key`, or None. `verify`: files to check now (None: all; () none yet)."""
         d = self.entry_dir(kind, key)
         try:
@@ -236,7 +245,7 @@ class Cache:
             os.utime(d / MANIFEST)
         return entry
 
-    def pass_artifact_names(self, key):
+    def pass_artifact_names(self, key: str) -> list[str]:
         """Artifacts a pass entry holds, read from its manifest before any file is verified."""
         try:
             manifest = json.loads((self.entry_dir("pass", key) / MANIFEST).read_text())
@@ -244,13 +253,13 @@ class Cache:
         except (OSError, ValueError, KeyError, TypeError):
             return []
 
-    def writer(self, kind, key):
+    def writer(self, kind: str, key: str) -> Writer:
         return Writer(self, kind, key)
 
-    def discard(self, entry, reason):
+    def discard(self, entry: Entry, reason: str) -> None:
         self.discard_dir(entry.dir, f"cache entry {entry.kind}/{entry.key[:16]}: {reason}")
 
-    def discard_dir(self, d, message=None):
+    def discard_dir(self, d: Path, message: str | None = None) -> None:
         if message:
             self.warn(f"{message}; discarded, it will be rebuilt")
         trash = self.root / "trash" / f"{d.name}-{os.getpid()}-{time.monotonic_ns()}"
@@ -260,19 +269,19 @@ class Cache:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
-    def entries(self):
+    def entries(self) -> Iterator[tuple[str, Path]]:
         base = self.root / "entries"
         for kind_dir in sorted(base.iterdir()) if base.is_dir() else []:
             for d in sorted(kind_dir.glob("*/*")):
                 yield kind_dir.name, d
 
     # timing caches ----------------------------------------------------------------------------
-    def timing_cache_path(self, backend, device):
+    def timing_cache_path(self, backend: Backend, device: str) -> Path:
         slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in f"{backend.name}-{backend.version}-{device}")
         return self.root / "timing" / f"{slug}.cache"
 
     # info / prune ---------------------------------------------------------------------------
-    def info(self):
+    def info(self) -> dict[str, Any]:
         stats = {}
         total, oldest, newest = 0, None, None
         for kind, d in self.entries():
@@ -288,7 +297,7 @@ class Cache:
         return {"dir": str(self.root), "stages": stats, "bytes": total, "oldest_use": oldest,
                 "newest_use": newest, "timing_caches": timing, "temporary": tmp}
 
-    def verify_all(self):
+    def verify_all(self) -> list[str]:
         """Check every entry in full; returns the problems found (those entries are discarded)."""
         problems, warn = [], self.warn
         self.warn = problems.append
@@ -299,7 +308,7 @@ class Cache:
             self.warn = warn
         return problems
 
-    def prune(self, older_than_s=None, dry_run=False):
+    def prune(self, older_than_s: float | None = None, dry_run: bool = False) -> tuple[int, int]:
         """Remove entries not used for `older_than_s` seconds (None: all). Waits for running
         builds (they hold the cache lock shared). Returns (entries removed, bytes freed)."""
         with self.use_lock(shared=False):
@@ -330,7 +339,7 @@ def _last_used(d):
     return m.stat().st_mtime if m.exists() else d.stat().st_mtime
 
 
-def parse_age(text):
+def parse_age(text: str | float) -> float:
     """'30d', '12h', '90m', '45s', '2w' -> seconds; ValueError otherwise."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
     text = str(text).strip().lower()

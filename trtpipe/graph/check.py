@@ -5,8 +5,13 @@ convert in place and carries on) before onnx.checker, which stops at the first, 
 `check_rewritten` is onnx.checker + strict shape inference after every pass and precision rewrite.
 `relaxed_for_checker` relaxes onnx.checker for what TensorRT accepts (plugin ops, shapeless I/O).
 """
+from __future__ import annotations
+
 import contextlib
 import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -18,13 +23,13 @@ _TF_DOMAIN = "ai.onnx.converters.tensorflow"    # tf2onnx's domain for TF ops ke
 _ORT_DOMAINS = ("com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc")
 
 
-def opset_version(model, domain=""):
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int | None:
     """The model's opset import for `domain` ("" and "ai.onnx" are the same), None without one."""
     domains = _STD if domain in _STD else (domain,)
     return next((imp.version for imp in model.opset_import if imp.domain in domains), None)
 
 
-def all_graphs(graph):
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """The graph and every subgraph (Loop/If/Scan bodies), depth first."""
     yield graph
     for node in graph.node:
@@ -80,7 +85,8 @@ def _check_ops(model, where, what, hint, unconverted):
                       "\n" + "\n".join(lines), hint=hint)
 
 
-def check_model(model, path, where, what, hint, unconverted, log=None):
+def check_model(model: onnx.ModelProto, path: str | Path | None, where: str, what: str, hint: str | None,
+                unconverted: dict[str, list], log: Callable[[str], Any] | None = None) -> None:
     """Unknown ops first, then onnx.checker (from `path` when given: it copes with external data
     and > 2 GB). SourceError naming `where` (recipe location) and `what` (the model) otherwise.
     `unconverted`: {op: [count, example node]} tf2onnx reported as left unconverted."""
@@ -98,7 +104,7 @@ def check_model(model, path, where, what, hint, unconverted, log=None):
 
 
 @contextlib.contextmanager
-def relaxed_for_checker(model):
+def relaxed_for_checker(model: onnx.ModelProto) -> Iterator[bool]:
     """Relax onnx.checker (in place, undone on exit; no copy of the weights) for what TensorRT and
     the ONNX IR accept and the checker does not:
     - TensorRT plugin nodes: `*_TRT` ops in the default domain, or custom domains without an opset
@@ -145,4 +151,5 @@ def check_rewritten(model: onnx.ModelProto, what: str) -> None:
         onnx.shape_inference.infer_shapes(light, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         text = str(err).strip()
-        raise PassError(f"{what} produced an invalid ONNX graph: {text.splitlines()[0] if text else type(err).__name__}")
+        raise PassError(f"{what} produced an invalid ONNX graph: "
+                        f"{text.splitlines()[0] if text else type(err).__name__}") from err

@@ -2,10 +2,17 @@
 pass context how a changed input derives from the source model's (the input contract that
 validation feeds data through). Shared by `set_input`, `replace_preprocessing` and `dynamic_batch`."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtpipe.errors import PassError, suggest
+
+if TYPE_CHECKING:
+    from trtpipe.registry import PassContext
 
 # new-layout data = source-layout data transposed by PERMS[layout]; the inverse goes back.
 PERMS = {"NHWC->NCHW": [0, 3, 1, 2], "NCHW->NHWC": [0, 2, 3, 1]}
@@ -44,7 +51,7 @@ def add_node(graph: gs.Graph, added: "list[gs.Node]", op: str, src: gs.Tensor, n
     return out
 
 
-def record_change(ctx: object, old_name: str, old_dtype: np.dtype, old_shape: "list | None", inp: gs.Variable,
+def record_change(ctx: PassContext, old_name: str, old_dtype: np.dtype, old_shape: "list | None", inp: gs.Variable,
                   new_dtype: np.dtype, perm: "list[int] | None") -> None:
     """Move the input's contract entry to its final name; add cast/transpose steps and shape."""
     contract = ctx.input_contract

@@ -8,7 +8,10 @@ of a pre-NMS TopK, ...). Walking back through those ops to the most upstream [B,
 tensors finds the raw head outputs whatever the node names or Loop input order are.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -29,7 +32,7 @@ class Match:
     nms_outputs: list    # graph outputs computed from an NMS (what the modes replace or move)
     other_outputs: list  # graph outputs that do not depend on the NMS
 
-    def describe(self):
+    def describe(self) -> str:
         return (f"{len(self.nms)} NonMaxSuppression node(s); boxes '{self.boxes.name}' "
                 f"{_shape(self.boxes)}, scores '{self.scores.name}' {_shape(self.scores)}; NMS outputs: "
                 f"{', '.join(t.name for t in self.nms_outputs) or 'none'}")
@@ -39,7 +42,8 @@ def _shape(t):
     return list(t.shape) if t.shape is not None else "[unknown shape]"
 
 
-def find_nms(graph, scope=()):
+def find_nms(graph: gs.Graph, scope: Sequence[tuple[gs.Node, gs.Graph]] = ()
+             ) -> list[tuple[gs.Graph, gs.Node, list[tuple[gs.Node, gs.Graph]]]]:
     """[(graph owning it, node, enclosing [(loop node, body)])] for every NonMaxSuppression."""
     found = []
     for node in graph.nodes:
@@ -50,17 +54,33 @@ def find_nms(graph, scope=()):
     return found
 
 
-def node_inputs(node):
+def node_inputs(node: gs.Node) -> list:
     """Explicit inputs plus the outer tensors a Loop/If body reads (its implicit captures)."""
-    extra = [t for sub in node.subgraphs() for t in sub._foreign_tensors().values()]
+    extra = [t for sub in node.subgraphs() for t in outer_reads(sub).values()]
     return list(node.inputs) + extra
+
+
+def outer_reads(graph: gs.Graph) -> dict:
+    """{name: tensor} a (sub)graph reads from enclosing scopes, its nested bodies included: every
+    node input that is neither produced in it, nor one of its inputs, nor a constant (ONNX's
+    outer-scope references, IR spec "Names Within a Graph"). Public-API twin of graphsurgeon's
+    private Graph._foreign_tensors."""
+    local = {t.name for node in graph.nodes for t in node.outputs if not t.is_empty()}
+    local |= {t.name for t in graph.inputs}
+    local |= {name for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    found = {}
+    for node in graph.nodes:
+        found.update({t.name: t for t in node.inputs if t.name not in local})
+        for sub in node.subgraphs():
+            found.update({name: t for name, t in outer_reads(sub).items() if name not in local})
+    return found
 
 
 def _contains_nms(node):
     return node.op == "NonMaxSuppression" or any(find_nms(sub) for sub in node.subgraphs())
 
 
-def depends_on_nms(tensor, memo):
+def depends_on_nms(tensor: gs.Tensor, memo: dict[int, bool]) -> bool:
     """True if `tensor` is computed (transitively) from a NonMaxSuppression."""
     stack, seen = [tensor], set()
     while stack:
@@ -80,7 +100,7 @@ def depends_on_nms(tensor, memo):
     return False
 
 
-def trace_back(tensor, scope):
+def trace_back(tensor: gs.Tensor, scope: Sequence[tuple[gs.Node, gs.Graph]]) -> list[gs.Tensor]:
     """Tensors from `tensor` upstream through PASS_THROUGH ops (data input only), crossing from a
     Loop body's carried inputs to the Loop's inputs."""
     chain, scope = [tensor], list(scope)
@@ -118,7 +138,7 @@ def _is_scores(t, boxes):
     return s is not None and len(s) == 3 and _dims_match(s[0], b[0]) and _dims_match(s[1], b[1])
 
 
-def lookup(graph, name, what):
+def lookup(graph: gs.Graph, name: str, what: str) -> gs.Tensor:
     tensors = graph.tensors()
     if name not in tensors:
         raise PassError(f"{what} tensor '{name}' is not in the graph{suggest(name, list(tensors))}; "
@@ -126,7 +146,7 @@ def lookup(graph, name, what):
     return tensors[name]
 
 
-def locate(graph, params, require_nms=True):
+def locate(graph: gs.Graph, params: dict, require_nms: bool = True) -> Match:
     """Find the NMS nodes, the boxes/scores tensors (parameters win over structure) and split the
     graph outputs into NMS-derived and other ones."""
     nms = find_nms(graph)
@@ -180,7 +200,7 @@ def _check_scores(boxes, scores):
                         f"'{boxes.name}' {list(b)}, found {_shape(scores)}")
 
 
-def constant_value(tensor):
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """numpy value of a Constant tensor or a Constant node's output, else None."""
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
@@ -190,7 +210,7 @@ def constant_value(tensor):
     return None
 
 
-def nms_setting(nms, index, what):
+def nms_setting(nms: list[tuple[gs.Graph, gs.Node]], index: int, what: str) -> float | None:
     """The value all NMS nodes agree on for input `index` (2 max boxes, 3 IoU, 4 score), or None
     when the input is absent; PassError when they differ or it is computed at run time."""
     values = set()

@@ -6,11 +6,18 @@ under their names. Running engine -> post-processing model therefore reproduces 
 detections exactly (on the same raw boxes/scores).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import onnx
 import onnx_graphsurgeon as gs
 
 from trtpipe.errors import PassError
-from trtpipe.graph.nms_match import node_inputs
+from trtpipe.graph.nms_match import Match, node_inputs
+
+if TYPE_CHECKING:
+    from trtpipe.registry import PassContext
 
 
 def _ancestors(tensors):
@@ -24,7 +31,7 @@ def _ancestors(tensors):
     return seen
 
 
-def boundary(match):
+def boundary(match: Match) -> list[gs.Tensor]:
     """Tensors the post-processing model needs from the engine: boxes, scores, and any other
     engine-side tensor the NMS subgraph reads (e.g. a shape computed from the input)."""
     engine_nodes = _ancestors([match.boxes, match.scores])
@@ -43,7 +50,18 @@ def boundary(match):
     return cut
 
 
-def split(graph, match, ctx):
+def split(graph: gs.Graph, match: Match, ctx: PassContext) -> tuple[gs.Graph, onnx.ModelProto]:
+    """Cut `graph` (modified in place) at `boundary(match)` and extract the NMS subgraph as the
+    post-processing model, saved as `<ctx.name>.postprocess.onnx` in `ctx.stage_dir`, registered
+    as an artifact and described in `ctx.postprocess`; the NMS outputs leave `ctx.output_map`.
+
+    Returns:
+        (the engine-side graph, the post-processing ModelProto).
+
+    Raises:
+        PassError: a cut tensor has an unknown dtype, or the extracted model fails onnx.checker or
+            strict shape inference.
+    """
     cut = boundary(match)
     for t in cut:
         if t.dtype is None:
@@ -92,5 +110,5 @@ def _extract(graph, inputs, outputs):
         onnx.checker.check_model(model)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise PassError(f"the extracted post-processing model is invalid: {str(err).splitlines()[0]}")
+        raise PassError(f"the extracted post-processing model is invalid: {str(err).splitlines()[0]}") from err
     return model

@@ -31,7 +31,7 @@ def infer_shapes(graph: gs.Graph, data_prop: bool = True) -> gs.Graph:
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
     except onnx.shape_inference.InferenceError as err:
-        raise PassError(f"ONNX shape inference failed: {str(err).strip().splitlines()[0]}")
+        raise PassError(f"ONNX shape inference failed: {str(err).strip().splitlines()[0]}") from err
     return gs.import_onnx(model)
 
 

@@ -4,9 +4,13 @@ Shared by the precision stage (what to convert, what it became) and validation (
 CPU kernels lack bf16 Conv and compute fp16 in fp32, so an fp32 twin with rounding is run).
 """
 
+from __future__ import annotations
+
 import collections
 import copy
 import os
+from collections.abc import Collection, Iterable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,7 +32,7 @@ def np_low_dtype(lp: int) -> np.dtype:
     return np.dtype(helper.tensor_dtype_to_np_dtype(lp))  # bfloat16 comes from ml_dtypes, via onnx
 
 
-def emulate_in_fp32(model):
+def emulate_in_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
     """An fp32 twin of an fp16/bf16 graph that ONNX Runtime's CPU kernels can run (it has no bf16
     Conv): every low-precision tensor is computed in fp32 and rounded to its type through a
     Cast pair, weights hold their rounded values. For validating bf16 where no GPU is around."""
@@ -77,22 +81,22 @@ def emulate_in_fp32(model):
 
 # ----------------------------------------------------------------------------- graph facts
 
-def opset_of(model):
+def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def convert_opset(model, target):
+def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     from onnx import version_converter
     try:
         out = version_converter.convert_version(model, target)
     except Exception as err:
         raise PassError(f"precision: cannot convert the model from opset {opset_of(model)} to {target}: "
-                        f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from err
     out.ir_version = max(out.ir_version, helper.find_min_ir_version_for(list(out.opset_import), True))
     return out
 
 
-def tensor_types(model):
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Tensor name -> elem_type, from inputs, outputs, value_info, initializers, Constants."""
     g = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.output) + list(g.value_info)
@@ -106,7 +110,7 @@ def tensor_types(model):
     return {k: v for k, v in types.items() if v}
 
 
-def data_path(graph):
+def data_path(graph: onnx.GraphProto) -> set[str]:
     """Tensors computed from the graph inputs' values (not only from their shapes)."""
     inits = {t.name for t in graph.initializer}
     data = {v.name for v in graph.input if v.name not in inits}
@@ -116,7 +120,7 @@ def data_path(graph):
     return data
 
 
-def subgraph_reads(graph):
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     """Names read inside Loop/If/Scan bodies (outer-scope tensors must keep their type)."""
     names = set()
     for node in graph.node:
@@ -126,7 +130,8 @@ def subgraph_reads(graph):
     return names
 
 
-def activation_ranges(model, names, feeds):
+def activation_ranges(model: onnx.ModelProto, names: Collection[str],
+                      feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
     """max |x| per tensor over `feeds`, running the fp32 model with ONNX Runtime (CPU)."""
     import tempfile
 
@@ -166,7 +171,7 @@ def activation_ranges(model, names, feeds):
     return maxabs
 
 
-def skeleton(model, limit=4096):
+def skeleton(model: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
     """A copy without the large weights (they become typed graph inputs): shape inference and
     the checker's type rules need their types and shapes, not their bytes."""
     m = onnx.ModelProto()
@@ -186,13 +191,13 @@ def skeleton(model, limit=4096):
     return m
 
 
-def infer_types(model, strict=False):
+def infer_types(model: onnx.ModelProto, strict: bool = False) -> dict[str, int]:
     """Shape inference on the skeleton -> tensor name -> elem_type."""
     typed = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=strict, data_prop=True)
     return tensor_types(typed)
 
 
-def precision_counts(model):
+def precision_counts(model: onnx.ModelProto) -> dict[str, Any]:
     """Nodes per compute type, initializers per type, Q/DQ pairs and Casts of a model."""
     try:
         types = infer_types(model)

@@ -6,6 +6,8 @@ every pass name and its parameters against the pass registry, checks what a sche
 recipe's directory. All errors are collected and reported together, each with file:line:col.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import importlib.util
@@ -15,7 +17,7 @@ from trtpipe import registry
 from trtpipe.errors import RecipeError
 from trtpipe.recipe.resolved import BuildSettings, Precision, Tolerances, parse_size, resolve_values  # noqa: F401
 from trtpipe.recipe.schema import fill_defaults, key_path, load_schema, schema_errors, suggest
-from trtpipe.recipe.yamlmarks import load_yaml_with_marks
+from trtpipe.recipe.yamlmarks import Marks, load_yaml_with_marks
 
 
 @dataclasses.dataclass
@@ -24,22 +26,22 @@ class Recipe:
     text: str
     raw: dict            # as written
     data: dict           # defaults filled, paths absolute
-    marks: object
+    marks: Marks
     defaults: set        # key paths whose values came from defaults
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self.data["name"]
 
     @property
-    def dir(self):
+    def dir(self) -> Path:
         return self.path.parent
 
     @property
-    def sha256(self):
+    def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
-    def locate(self, path):
+    def locate(self, path: tuple) -> str:
         return self.marks.locate(path)
 
     @property
@@ -57,19 +59,38 @@ class Recipe:
         """The resolved build settings."""
         return BuildSettings.of(self.data)
 
-    def enabled_passes(self):
+    def enabled_passes(self) -> list[tuple[int, dict]]:
         return [(i, p) for i, p in enumerate(self.data["passes"]) if p.get("enabled", True)]
 
 
-def load_recipe(path):
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, check and resolve a recipe file (stage 1).
+
+    Args:
+        path: the recipe YAML file (UTF-8); relative paths inside it resolve against its directory.
+
+    Returns:
+        The Recipe: `raw` as written, `data` with schema defaults filled, precision normalized,
+        `build.workspace_bytes` in bytes, paths absolute and `<name>` expanded; `marks` locate any
+        key path as `file:line:col`; `defaults` holds the key paths that came from defaults.
+
+    Raises:
+        RecipeError: the file is missing or unreadable; a YAML syntax error or duplicate key; every
+            schema violation, unknown pass name, invalid pass parameter and inconsistent build
+            profile (min <= opt <= max per dimension, equal ranks, unique names), all reported
+            together with file:line:col; precision options of another mode; a workspace that is not
+            > 0 bytes; output file names that collide.
+        PassError: a third-party pass entry point failed to load (the registry is loaded to check
+            pass names).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         near = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
-        raise RecipeError(f"{path}: recipe file not found{suggest(path.name, near)}")
+        raise RecipeError(f"{path}: recipe file not found{suggest(path.name, near)}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read recipe: {err}")
+        raise RecipeError(f"{path}: cannot read recipe: {err}") from err
     raw, marks = load_yaml_with_marks(text, str(path))
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}:1:1: a recipe must be a YAML mapping with at least `name:` and `source:`, "
@@ -116,7 +137,8 @@ def _check_build(raw):
     seen = {}
     profiles = build.get("profiles")
     for i, prof in enumerate(profiles if isinstance(profiles, list) else []):
-        if not isinstance(prof, dict) or not isinstance(prof.get("name"), str) or not isinstance(prof.get("inputs"), dict):
+        if (not isinstance(prof, dict) or not isinstance(prof.get("name"), str)
+                or not isinstance(prof.get("inputs"), dict)):
             continue
         if prof["name"] in seen:
             errors.append((("build", "profiles", i, "name"),
@@ -186,7 +208,8 @@ def _resolve(data, base, locate):
                 "report.md": "the report"}
     taken = {**reserved, out["plan"]: "output.plan"}
     if out["onnx"] in taken:
-        raise RecipeError(f"{locate(('output', 'onnx'))}: output.onnx: '{out['onnx']}' is already the name of {taken[out['onnx']]}",
+        raise RecipeError(f"{locate(('output', 'onnx'))}: output.onnx: '{out['onnx']}' is already the name of "
+                          f"{taken[out['onnx']]}",
                           hint="give the final ONNX model its own file name")
     if out["plan"] in reserved:
         raise RecipeError(f"{locate(('output', 'plan'))}: output.plan: '{out['plan']}' is already the name of "
@@ -194,7 +217,7 @@ def _resolve(data, base, locate):
                           hint="give the plan its own file name")
 
 
-def resolve_path(value, base):
+def resolve_path(value: str, base: Path) -> str:
     """Recipe paths are relative to the recipe; `pkg:<package>/<path>` names a file shipped inside
     an installed Python package (e.g. the onnx wheel's model-zoo test graphs)."""
     if value.startswith("pkg:"):

@@ -81,6 +81,7 @@ def resolve_build(build_cfg: dict | None) -> dict:
                         load_schema("recipe.schema.json")["properties"]["build"])
     if cfg.get("workspace_bytes") is None:
         cfg["workspace_bytes"] = parse_size(cfg["workspace"])
+    cfg.setdefault("timing_cache", None)  # the schema's default is "no file", which fill_defaults leaves out
     return cfg
 
 

@@ -5,11 +5,15 @@ the recipe location, the key path, what was expected (from the schema, including
 `x-expected` annotation) and, for unknown keys, a did-you-mean from the allowed keys.
 """
 
+from __future__ import annotations
+
 import copy
 import functools
 import json
 import re
+from collections.abc import Iterable, Iterator
 from importlib import resources
+from typing import Any
 
 import jsonschema
 
@@ -39,7 +43,7 @@ def _load(name: str) -> dict:
     return json.loads(resources.files(SCHEMA_PACKAGE).joinpath(name).read_text(encoding="utf-8"))
 
 
-def key_path(path):
+def key_path(path: Iterable[str | int]) -> str:
     """('passes', 2, 'params', 'scale') -> 'passes[2].params.scale'."""
     out = ""
     for part in path:
@@ -63,7 +67,7 @@ def _expected(schema):
     return t or "a valid value"
 
 
-def schema_errors(instance, schema, prefix=()):
+def schema_errors(instance: Any, schema: dict, prefix: tuple = ()) -> Iterator[tuple[tuple, str]]:
     """Yield (path_tuple, message) for every violation, unknown keys pointing at the key itself."""
     validator = jsonschema.Draft202012Validator(schema)
     for err in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
@@ -106,7 +110,7 @@ def _explain(err, path):
     yield path, err.message
 
 
-def fill_defaults(instance, schema):
+def fill_defaults(instance: Any, schema: dict) -> Any:
     """Return a copy of `instance` with schema defaults filled in (objects and arrays of objects)."""
     if isinstance(instance, dict) and schema.get("type") == "object":
         out = dict(instance)

@@ -6,6 +6,11 @@ about `passes[2].params.scale` can point at `recipe.yaml:14:9`. Duplicate keys a
 silently keeps the last one, which hides mistakes in reviewed recipes.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 import yaml
 
 from trtpipe.errors import RecipeError
@@ -14,14 +19,14 @@ from trtpipe.errors import RecipeError
 class Marks:
     """Key path -> (line, column), both 1-based."""
 
-    def __init__(self, filename):
+    def __init__(self, filename: str) -> None:
         self.filename = filename
         self._marks = {}
 
-    def add(self, path, mark):
+    def add(self, path: Iterable[str | int], mark: yaml.Mark) -> None:
         self._marks[tuple(path)] = (mark.line + 1, mark.column + 1)
 
-    def locate(self, path):
+    def locate(self, path: Iterable[str | int]) -> str:
         """`file:line:col` of the deepest recorded prefix of `path`."""
         path = tuple(path)
         while path not in self._marks and path:
@@ -29,11 +34,11 @@ class Marks:
         line, col = self._marks.get(path, (1, 1))
         return f"{self.filename}:{line}:{col}"
 
-    def line(self, path):
+    def line(self, path: Iterable[str | int]) -> int | None:
         return self._marks.get(tuple(path), (None, None))[0]
 
 
-def load_yaml_with_marks(text, filename):
+def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, Marks]:
     """Parse `text`; return (data, Marks). Raises RecipeError on syntax errors."""
     marks = Marks(filename)
     try:
@@ -45,7 +50,7 @@ def load_yaml_with_marks(text, filename):
         context = getattr(err, "context", None)
         detail = f"{problem} ({context})" if context else problem
         raise RecipeError(f"{where}: YAML syntax error: {detail}",
-                          hint="check indentation and that every `key: value` has a space after the colon")
+                          hint="check indentation and that every `key: value` has a space after the colon") from err
     if node is None:
         return None, marks
     constructor = yaml.SafeLoader("")

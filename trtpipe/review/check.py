@@ -13,6 +13,9 @@ What it covers, in the order a run would hit it:
 
 Backend problems that depend on the machine (`backend: auto`, or a backend not installed here)
 can be downgraded to warnings (`check --warn-backend`) on CI machines without the target backend.
+Where no backend is installed at all (the core install, `pip install trt-pipeline`, as the
+pre-commit hooks use it), the checks that need one are skipped and the result says so
+(`CheckResult.skipped`); everything else is checked as usual.
 
 Messages are the ones a run prints (`file:line:col: key.path: message`): the recipe errors come
 from the same loader, the pass prechecks are the same functions a run calls first, and the
@@ -20,18 +23,25 @@ source messages use the source stage's wording. Nothing here imports TensorFlow,
 builds, so a folder of recipes takes about a second.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trtpipe import registry
 from trtpipe.errors import PipelineError
 from trtpipe.recipe.load import load_recipe, resolve_path
 from trtpipe.recipe.precision import check_targets
 
+if TYPE_CHECKING:
+    from trtpipe.backend import Backend
+    from trtpipe.recipe.load import Recipe
 
-def precheck_passes(recipe, ctx):
+
+def precheck_passes(recipe: Recipe, ctx: registry.PassContext) -> list[PipelineError]:
     """Run each enabled pass's precheck; returns the errors, each message prefixed with its location."""
     problems = []
     for index, item in recipe.enabled_passes():
@@ -40,12 +50,13 @@ def precheck_passes(recipe, ctx):
             try:
                 info.precheck(item["params"], ctx)
             except PipelineError as err:
-                err.message = f"{recipe.locate(('passes', index, 'pass'))}: passes[{index}] {item['pass']}: {err.message}"
+                where = recipe.locate(("passes", index, "pass"))
+                err.message = f"{where}: passes[{index}] {item['pass']}: {err.message}"
                 problems.append(err)
     return problems
 
 
-def raise_first(problems):
+def raise_first(problems: list[PipelineError]) -> None:
     """One error carrying every message, with the first one's class (and so exit code)."""
     if problems:
         first = problems[0]
@@ -59,10 +70,19 @@ class CheckResult:
     notes: list = field(default_factory=list)      # context for the problems (e.g. what `auto` chose)
     warnings: list = field(default_factory=list)   # backend problems of this machine (--warn-backend)
     backend: str = None                            # e.g. "tensorrt_rtx 1.7.1"
+    skipped: list = field(default_factory=list)    # checks not made here, e.g. "backend checks"
+    skipped_reason: str = None                     # why (no backend installed, and how to install one)
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def skipped_line(self) -> str | None:
+        """'skipped: backend checks (no TensorRT or TensorRT-RTX installed: pip install ...)', or None."""
+        if not self.skipped:
+            return None
+        return f"skipped: {', '.join(self.skipped)} ({self.skipped_reason})"
 
 
 def _where(recipe, path, keys=None):
@@ -70,7 +90,7 @@ def _where(recipe, path, keys=None):
     return f"{recipe.locate(path)}: {keys or key_path(path)}"
 
 
-def check_sources(recipe):
+def check_sources(recipe: Recipe) -> list[str]:
     """The source model exists (same messages as the source stage, which would fail on it)."""
     from trtpipe.stages.source.load import missing_path_error
     src, problems = recipe.data["source"], []
@@ -92,7 +112,7 @@ def check_sources(recipe):
     return problems
 
 
-def check_plugins(recipe):
+def check_plugins(recipe: Recipe) -> list[str]:
     problems = []
     for i, plugin in enumerate(recipe.data["build"]["plugins"]):
         path = ("build", "plugins", i)
@@ -103,7 +123,7 @@ def check_plugins(recipe):
     return problems
 
 
-def check_data_files(recipe):
+def check_data_files(recipe: Recipe) -> list[str]:
     """validate.data and precision.calibration name .npz files / image folders relative to the recipe."""
     problems = []
     places = [("validate", "data")]
@@ -128,12 +148,14 @@ def check_data_files(recipe):
     return problems
 
 
-def check_precision(recipe, backend=None):
+def check_precision(recipe: Recipe, backend: Backend | str | None = None) -> list[str]:
     """What the precision stage refuses before touching the model: compute capabilities that
     cannot run the precision, when they apply (TensorRT-RTX), as in a run. (The value itself was
-    normalized and checked by the recipe loader.)"""
+    normalized and checked by the recipe loader.) `backend`: the Backend a run would use, or a
+    backend name from the recipe; None checks the targets as for TensorRT-RTX."""
     try:
-        rtx = backend is None or backend.name == "tensorrt_rtx"
+        name = backend if isinstance(backend, str) else getattr(backend, "name", None)
+        rtx = name is None or name == "tensorrt_rtx"
         ccs = recipe.data["build"]["compute_capabilities"] if rtx else []
         check_targets(recipe.precision.mode, ccs, recipe.locate)
     except PipelineError as err:
@@ -141,7 +163,7 @@ def check_precision(recipe, backend=None):
     return []
 
 
-def resolve(recipe):
+def resolve(recipe: Recipe) -> tuple[Backend | None, str | None]:
     """(backend, None) for the backend a run would use here, or (None, problem message)."""
     from trtpipe.backend import resolve_backend
     try:
@@ -150,7 +172,7 @@ def resolve(recipe):
         return None, f"{_where(recipe, ('build', 'backend'))}: {err}"
 
 
-def check_backend(recipe, backend=None):
+def check_backend(recipe: Recipe, backend: Backend | None = None) -> tuple[list[str], list[str]]:
     """(problems, notes): every enabled pass's precheck against the backend a run would use here."""
     if backend is None:
         backend, problem = resolve(recipe)
@@ -166,15 +188,50 @@ def check_backend(recipe, backend=None):
     return problems, notes
 
 
-def all_problems(recipe):
-    """(problems, notes, backend) for a loaded recipe: everything below the loader's own checks."""
-    problems, backend_problems, notes, backend, _ = _collect(recipe)
-    return problems + backend_problems, notes, backend
+def all_problems(recipe: Recipe) -> tuple[list[str], list[str], Backend | None]:
+    """(problems, notes, backend) for a loaded recipe: everything below the loader's own checks
+    (without the checks skipped for lack of a backend, see `skipped_checks`)."""
+    found = _collect(recipe)
+    return found.problems + found.backend_problems, found.notes, found.backend
+
+
+# precision modes whose targets are checked against build.compute_capabilities (check_targets)
+_TARGET_MODES = ("bf16", "fp8")
+
+
+def skipped_checks(recipe: Recipe, reason: str | None) -> list[str]:
+    """The checks that need a backend, when none is installed (`reason`, else nothing is skipped):
+    every pass's backend precheck, and for `backend: auto` the precision target check (whether
+    build.compute_capabilities apply depends on the backend `auto` picks)."""
+    if not reason:
+        return []
+    skipped = ["backend checks"]
+    if recipe.data["build"]["backend"] == "auto" and recipe.precision.mode in _TARGET_MODES:
+        skipped.append("precision targets")
+    return skipped
+
+
+@dataclass
+class _Found:
+    problems: list
+    backend_problems: list
+    notes: list
+    backend: object       # trtpipe.backend.Backend, or None
+    machine: bool         # whether the backend problems depend on this machine
+    skipped: list         # skipped_checks()
+    skipped_reason: str
 
 
 def _collect(recipe):
-    backend, problem = resolve(recipe)
+    from trtpipe.backend import no_backend_reason
     problems = check_sources(recipe) + check_plugins(recipe) + check_data_files(recipe)
+    reason = no_backend_reason()
+    skipped = skipped_checks(recipe, reason)
+    if skipped:  # nothing to check against: skip what needs a backend, check the rest
+        if "precision targets" not in skipped:
+            problems += check_precision(recipe, recipe.data["build"]["backend"])
+        return _Found(problems, [], [], None, True, skipped, reason)
+    backend, problem = resolve(recipe)
     problems += check_precision(recipe, backend)
     notes, backend_problems = [], []
     if backend is None:
@@ -184,28 +241,30 @@ def _collect(recipe):
     # whether the backend problems depend on this machine: `auto` picks what is installed, and a
     # named backend that is not installed here may well be where the recipe is built
     machine = recipe.data["build"]["backend"] == "auto" or backend is None
-    return problems, backend_problems, notes, backend, machine
+    return _Found(problems, backend_problems, notes, backend, machine, [], None)
 
 
-def check_recipe(path, check_format=False, warn_backend=False):
+def check_recipe(path: str | Path, check_format: bool = False, warn_backend: bool = False) -> CheckResult:
     """CheckResult for one recipe. A recipe that does not load (YAML, schema, passes, profiles)
     raises RecipeError with every such problem in it, exactly as a run would.
 
     warn_backend: backend problems that depend on this machine (`backend: auto`, or a backend not
     installed here) become warnings instead of problems, for CI machines without the target backend."""
     recipe = load_recipe(path)
-    problems, backend_problems, notes, backend, machine = _collect(recipe)
-    result = CheckResult(str(path), problems=problems, notes=notes, backend=backend.label if backend else None)
-    if warn_backend and machine:
-        result.warnings = backend_problems
+    found = _collect(recipe)
+    result = CheckResult(str(path), problems=found.problems, notes=found.notes,
+                         backend=found.backend.label if found.backend else None,
+                         skipped=found.skipped, skipped_reason=found.skipped_reason)
+    if warn_backend and found.machine:
+        result.warnings = found.backend_problems
     else:
-        result.problems += backend_problems
+        result.problems += found.backend_problems
     if check_format:
         result.problems += check_formatting(path, recipe.text)
     return result
 
 
-def check_formatting(path, text):
+def check_formatting(path: str | Path, text: str) -> list[str]:
     from trtpipe.review.fmt import first_difference, format_text
     formatted = format_text(text, str(path))
     if formatted == text:
@@ -217,7 +276,7 @@ def check_formatting(path, text):
             f"`python pipeline.py fmt` writes `{want.strip()}` there; run `python pipeline.py fmt {path}`"]
 
 
-def recipe_files(args):
+def recipe_files(args: list[str]) -> list[str]:
     """Expand directories to the *.yaml / *.yml recipes in them (sorted); files pass through."""
     out = []
     for arg in args:

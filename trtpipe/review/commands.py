@@ -14,7 +14,7 @@ from pathlib import Path
 from trtpipe.commands import command, guarded
 from trtpipe.errors import EXIT_OK, EXIT_RECIPE, EXIT_USAGE, PipelineError, RecipeError
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout holding trtpipe/, schemas/ and docs/
+REPO = Path(__file__).resolve().parents[2]  # the checkout holding trtpipe/, schemas/ and docs/ (or site-packages)
 DOCS = {"passes.md": "passes_md", "recipe.md": "recipe_md"}
 
 
@@ -53,7 +53,7 @@ CHECK_EPILOG = textwrap.dedent("""\
 
 
 @command("check")
-def cmd_check(argv):
+def cmd_check(argv: list[str]) -> int:
     parser = _parser("check", "Check recipes without converting or building.", CHECK_EPILOG)
     parser.add_argument("recipes", nargs="+", metavar="RECIPE",
                         help="recipe files, or directories (their *.yaml / *.yml files are checked)")
@@ -92,8 +92,11 @@ def cmd_check(argv):
             bad += 1
         else:
             from rich.markup import escape
+            backend = result.backend or "no backend installed: " + ", ".join(result.skipped) + " skipped"
             extra = f"; {len(result.warnings)} backend warning(s)" if result.warnings else ""
-            ui.info(f"ok {escape(str(path))} [dim]({escape(str(result.backend))}{extra})[/]")
+            ui.info(f"ok {escape(str(path))} [dim]({escape(backend)}{extra})[/]")
+        if result.skipped:  # printed even with --quiet: what was not checked matters as much as what was
+            ui.err.print(f"{path}: {result.skipped_line}", markup=False)
     if len(paths) > 1 or bad:
         summary = f"checked {len(paths)} recipe(s): {len(paths) - bad} ok, {bad} with problems"
         (ui.err.print(summary, markup=False) if bad else ui.info(summary))
@@ -103,7 +106,7 @@ def cmd_check(argv):
 # ------------------------------------------------------------------------------ explain
 
 @command("explain")
-def cmd_explain(argv):
+def cmd_explain(argv: list[str]) -> int:
     parser = _parser("explain", "Show the recipe as a run resolves it (every default filled in and marked "
                      "`# default`, computed values marked `# derived`) and the stage plan: what each stage "
                      "will do and whether it is cached or would run.",
@@ -135,7 +138,7 @@ DIFF_EPILOG = textwrap.dedent("""\
 
 
 @command("diff")
-def cmd_diff(argv):
+def cmd_diff(argv: list[str]) -> int:
     parser = _parser("diff", "Semantic diff of two recipes: what changed in which stage, and which stages "
                      "re-run and why.", DIFF_EPILOG)
     parser.add_argument("recipes", nargs="+", metavar="RECIPE",
@@ -185,9 +188,9 @@ def _read(path, missing_ok=False):
     except FileNotFoundError:
         if missing_ok:
             return None
-        raise RecipeError(f"{path}: recipe file not found")
+        raise RecipeError(f"{path}: recipe file not found") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read recipe: {err}")
+        raise RecipeError(f"{path}: cannot read recipe: {err}") from err
 
 
 def _parse(text, label):
@@ -215,13 +218,13 @@ def _git_show(rev, path):
     try:
         return shown.stdout.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise RecipeError(f"{path}@{rev}: cannot read recipe: {err}")
+        raise RecipeError(f"{path}@{rev}: cannot read recipe: {err}") from err
 
 
 # ------------------------------------------------------------------------------ fmt
 
 @command("fmt")
-def cmd_fmt(argv):
+def cmd_fmt(argv: list[str]) -> int:
     parser = _parser("fmt", "Rewrite recipes in canonical form: keys in schema order (pass items: pass, params, "
                      "enabled, note; params in the pass schema's order), 2-space indentation, every "
                      "comment kept next to its key. Files are replaced atomically; running it twice changes "
@@ -258,33 +261,43 @@ def cmd_fmt(argv):
 
 # ------------------------------------------------------------------------------ docs
 
-def generated_docs():
+def docs_root() -> Path:
+    """The directory holding docs/: the checkout this code runs from (source tree or editable
+    install), else, for a plain install (the code is in site-packages), the current directory."""
+    return REPO if (REPO / "setup.cfg").is_file() and (REPO / "trtpipe").is_dir() else Path.cwd()
+
+
+def generated_docs() -> dict[Path, str]:
     """{path: text} of the documentation generated from the schemas."""
     from trtpipe import registry
     from trtpipe.recipe.schema import load_schema
     from trtpipe.review import docs
     builtin = [i for i in registry.all_passes() if i.origin.startswith("passes.")]  # not third-party plugins
-    return {REPO / "docs" / "passes.md": docs.passes_md(builtin),
-            REPO / "docs" / "recipe.md": docs.recipe_md(load_schema("recipe.schema.json"))}
+    root = docs_root()
+    return {root / "docs" / "passes.md": docs.passes_md(builtin),
+            root / "docs" / "recipe.md": docs.recipe_md(load_schema("recipe.schema.json"))}
 
 
 @command("docs")
-def cmd_docs(argv):
+def cmd_docs(argv: list[str]) -> int:
     parser = _parser("docs", "Regenerate docs/passes.md and docs/recipe.md from the JSON schemas and the pass "
                      "docstrings.", "exit codes: 0 ok (or, with --check, up to date), 3 stale (--check)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 3 when the docs are stale")
     args = parser.parse_args(argv)
     from trtpipe.review.fmt import write_atomically
-    wanted = generated_docs()
+    wanted, root = generated_docs(), docs_root()
     stale = [p for p, text in wanted.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
     ui = _ui()
     if args.check:
         for p in stale:
-            ui.error(f"{p.relative_to(REPO)} is stale: the schemas or pass docstrings changed "
-                     f"(run `python pipeline.py docs`)", EXIT_RECIPE)
+            why = "is stale: the schemas or pass docstrings changed" if p.exists() else "is missing"
+            ui.error(f"{_shown(p, root)} {why} (run `python pipeline.py docs`)", EXIT_RECIPE)
         return EXIT_RECIPE if stale else EXIT_OK
     for p in stale:
         write_atomically(p, wanted[p])
-        ui.out.print(f"wrote {p.relative_to(REPO)}", markup=False)
+        ui.out.print(f"wrote {_shown(p, root)}", markup=False)
     return EXIT_OK
 
+
+def _shown(path, root):
+    return os.path.relpath(path, root) if path.is_relative_to(root) else str(path)

@@ -24,8 +24,11 @@ precision -> validate, build -> publish`. A change re-runs its stage and every s
 * `name`, `description`, `output.*` -> publish (file names and the report).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import difflib
+from pathlib import Path
 
 from trtpipe.recipe.schema import key_path, load_schema, schema_errors
 from trtpipe.review.values import MISSING, flatten, lookup, normalized, pass_info, same_value, show, value_text
@@ -43,7 +46,7 @@ class Change:
     start: object       # first stage it re-runs: "source", ("passes", i), "precision", ... or None
 
     @property
-    def text(self):
+    def text(self) -> str:
         return f"{self.subject}: {self.detail}" if self.detail else self.subject
 
 
@@ -57,7 +60,7 @@ class Diff:
     validate_enabled: bool = True
 
     @property
-    def empty(self):
+    def empty(self) -> bool:
         return not self.changes
 
 
@@ -67,7 +70,7 @@ SECTION_START = {"source": "source", "precision": "precision", "validate": "vali
                  "output": "publish", "name": "publish", "description": "publish"}
 
 
-def diff_recipes(old_raw, new_raw, old_dir=None, new_dir=None):
+def diff_recipes(old_raw: object, new_raw: object, old_dir: Path | None = None, new_dir: Path | None = None) -> Diff:
     """Diff two recipes as parsed from YAML (plain data). Directories resolve relative paths."""
     old_raw = old_raw if isinstance(old_raw, dict) else {}
     new_raw = new_raw if isinstance(new_raw, dict) else {}
@@ -264,7 +267,7 @@ def _plan(changes, n, enabled):
     return reruns, reused
 
 
-def render(diff, old_label, new_label):
+def render(diff: Diff, old_label: str, new_label: str) -> str:
     lines = [f"recipe diff: {old_label} -> {new_label}"]
     lines += [f"warning: {w}" for w in diff.warnings]
     if diff.empty:
@@ -295,7 +298,7 @@ def render(diff, old_label, new_label):
     return "\n".join(lines)
 
 
-def render_whole(raw, label, state):
+def render_whole(raw: object, label: str, state: str) -> str:
     """A recipe that exists on one side only: what it says, as written (`state`: new / deleted)."""
     lines = [f"recipe diff: {label}", state]
     order = list(load_schema("recipe.schema.json")["properties"])

@@ -6,9 +6,16 @@ reference follow the recipe's shape: `passes[].params`, `build.profiles[].inputs
 `validate.outputs.<name>.atol`; `precision.*` lists the options of the mapping form.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from trtpipe.registry import PassInfo
 
 
 def _type_text(schema):
@@ -45,7 +52,7 @@ def _constraints(schema):
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def param_rows(schema, prefix=""):
+def param_rows(schema: dict, prefix: str = "") -> list[tuple[str, str, str, bool, str]]:
     """(name, type, default, required, description) for each key, nested objects flattened: objects
     as `a.b`, list items as `a[].b`, mapping values as `a.<name>.b`, if/then/else branches merged."""
     rows = []
@@ -86,7 +93,7 @@ def _table(rows, first="parameter"):
     return lines
 
 
-def pass_markdown(info):
+def pass_markdown(info: PassInfo) -> str:
     lines = [f"### `{info.name}`", "", info.doc, ""]
     rows = param_rows(info.schema)
     lines += _table(rows) if rows else ["_No parameters._"]
@@ -96,7 +103,7 @@ def pass_markdown(info):
     return "\n".join(lines) + "\n"
 
 
-def pass_names_table(infos):
+def pass_names_table(infos: Iterable[PassInfo]) -> Table:
     table = Table(title="registered passes", header_style="bold")
     table.add_column("pass")
     table.add_column("what it does")
@@ -108,7 +115,7 @@ def pass_names_table(infos):
     return table
 
 
-def passes_md(infos):
+def passes_md(infos: Iterable[PassInfo]) -> str:
     infos = sorted(infos, key=lambda i: i.name)
     lines = ["# Passes", "",
              "Generated from `schemas/passes/*.schema.json` and the pass docstrings by `python pipeline.py docs`;",
@@ -121,7 +128,7 @@ def passes_md(infos):
     return "\n".join(lines) + "\n" + "\n".join(pass_markdown(i) for i in infos)
 
 
-def recipe_md(schema):
+def recipe_md(schema: dict) -> str:
     lines = ["# Recipe reference", "",
              "Generated from `schemas/recipe.schema.json` by `python pipeline.py docs`; do not edit by hand",
              "(`python pipeline.py docs --check` and the tests fail when it is stale). Pass parameters are in",

@@ -12,20 +12,30 @@ The stage plan lists what each stage will do and whether it is cached (see `cach
 Nothing is converted or built; TensorFlow is not imported.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from trtpipe.recipe.load import load_recipe
 from trtpipe.recipe.schema import load_schema
 from trtpipe.review.diff import show, stage_labels
 from trtpipe.review.fmt import key_order, sub_schema
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def cache_status(recipe):
+    from trtpipe.backend import Backend
+    from trtpipe.recipe.load import Recipe
+
+
+def cache_status(recipe: Recipe) -> dict[str, str]:
     """Per-stage cache state ("cached", "would run", "skipped") from the stage cache, computed
     from cache keys without converting or building anything."""
     from trtpipe.cache import stage_status
     return stage_status(recipe)
 
 
-def explain(path):
+def explain(path: str | Path) -> str:
     recipe = load_recipe(path)
     backend, backend_error = _backend(recipe)
     view, marks = resolved(recipe, backend, backend_error)
@@ -57,7 +67,7 @@ def _problems(recipe):
 
 # ------------------------------------------------------------------------------ resolved recipe
 
-def resolved(recipe, backend, backend_error):
+def resolved(recipe: Recipe, backend: Backend | None, backend_error: str | None) -> tuple[dict, dict[tuple, str]]:
     """(view, marks): the data to print and {key path: `default` | `derived: ...`}."""
     import copy
     view = copy.deepcopy(recipe.data)
@@ -144,28 +154,20 @@ def _precision(view, raw, marks):
 
 
 def _validate(view, raw, marks, recipe):
+    """Tolerances the resolved recipe derived from the precision (recipe/resolved.py) are marked so."""
     v = view.get("validate")
     if not isinstance(v, dict):
         return
-    mode = view["precision"]["mode"] if isinstance(view["precision"], dict) else view["precision"]
-    try:
-        from trtpipe.recipe.resolved import DEFAULT_IOU, DEFAULT_TOLERANCES
-    except Exception:  # validation dependencies missing: nothing to derive
-        return
-    atol, rtol = DEFAULT_TOLERANCES.get(mode, DEFAULT_TOLERANCES["fp32"])
-    for key, value in (("atol", atol), ("rtol", rtol)):
-        if key not in v:
-            v[key] = value
+    mode = recipe.precision.mode
+    written = raw.get("validate") if isinstance(raw.get("validate"), dict) else {}
+    for key in ("atol", "rtol"):
+        if key not in written:
             marks[("validate", key)] = f"derived: the default for precision {mode}"
-    split = any(item["pass"] == "nms" and item["params"].get("mode") == "split" for _, item in recipe.enabled_passes())
-    if split and isinstance(v.get("detections"), dict):
-        d = v["detections"]
-        if "iou_threshold" not in d:
-            d["iou_threshold"] = DEFAULT_IOU.get(mode, 0.9)
-            marks[("validate", "detections", "iou_threshold")] = f"derived: the default for precision {mode}"
-        if "score_atol" not in d:
-            d["score_atol"] = v["atol"]
-            marks[("validate", "detections", "score_atol")] = "derived: validate.atol"
+    dets = written.get("detections") if isinstance(written.get("detections"), dict) else {}
+    if "iou_threshold" not in dets:
+        marks[("validate", "detections", "iou_threshold")] = f"derived: the default for precision {mode}"
+    if "score_atol" not in dets:
+        marks[("validate", "detections", "score_atol")] = "derived: validate.atol"
 
 
 def _pass_schema(item):
@@ -210,7 +212,7 @@ def _render(value, path, marks, schema, indent, lines, first_prefix=None):
 
 # ------------------------------------------------------------------------------ stage plan
 
-def stage_plan(recipe, backend, backend_error=None):
+def stage_plan(recipe: Recipe, backend: Backend | None, backend_error: str | None = None) -> list[tuple[str, str]]:
     """[(stage label, what it does)] in run order; labels as in recipe_diff.stage_labels."""
     from trtpipe import registry
     data = recipe.data
@@ -299,7 +301,7 @@ def _build_text(build, backend, backend_error):
     return text
 
 
-def plan_lines(recipe, backend, backend_error=None):
+def plan_lines(recipe: Recipe, backend: Backend | None, backend_error: str | None = None) -> list[str]:
     steps = stage_plan(recipe, backend, backend_error)
     labels = stage_labels(len(recipe.data["passes"]))
     assert [s for s, _ in steps] == labels

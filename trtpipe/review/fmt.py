@@ -14,6 +14,8 @@ The result is checked to load to exactly the same data as the input, so formatti
 change what a recipe means.
 """
 
+from __future__ import annotations
+
 import io
 import os
 import tempfile
@@ -36,7 +38,7 @@ def _yaml():
     return y
 
 
-def format_text(text, filename="<recipe>"):
+def format_text(text: str, filename: str | Path = "<recipe>") -> str:
     """Return the canonical form of recipe `text`.
 
     Raises RecipeError (YAML syntax error, duplicate key) with the same file:line:col message a
@@ -60,16 +62,18 @@ def format_text(text, filename="<recipe>"):
     return result
 
 
-def first_difference(text, formatted):
+def first_difference(text: str, formatted: str) -> int | None:
     """1-based line number of the first line where `formatted` differs from `text` (None if equal)."""
     a, b = text.splitlines(), formatted.splitlines()
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return i + 1
-    return None if len(a) == len(b) and text.endswith("\n") == formatted.endswith("\n") else min(len(a), len(b)) + 1
+    if len(a) == len(b) and text.endswith("\n") == formatted.endswith("\n"):
+        return None
+    return min(len(a), len(b)) + 1
 
 
-def write_atomically(path, text):
+def write_atomically(path: str | Path, text: str) -> None:
     """Replace `path` with `text` through a temp file + rename; keeps the file's permissions and
     writes through a symlink to its target."""
     path = Path(os.path.realpath(path))
@@ -101,14 +105,16 @@ def _branches(schema):
     return out
 
 
-def key_order(schema):
+def key_order(schema: dict) -> list[str]:
+    """Property names in schema order, over the schema and its then/else/allOf/anyOf/oneOf branches."""
     order = []
     for s in _branches(schema):
         order += [k for k in s.get("properties", {}) if k not in order]
     return order
 
 
-def sub_schema(schema, key):
+def sub_schema(schema: dict, key: str) -> dict | None:
+    """The schema of property `key` (or of additional properties), None when it has none."""
     for s in _branches(schema):
         if key in s.get("properties", {}):
             return s["properties"][key]

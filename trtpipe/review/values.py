@@ -6,8 +6,12 @@ bytes (`2GiB` == `2048MiB`) and paths by the file they resolve to. So writing a 
 explicitly, reordering keys or reformatting is never a change.
 """
 
+from __future__ import annotations
+
 import copy
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -15,19 +19,22 @@ from trtpipe.recipe.load import resolve_path
 from trtpipe.recipe.resolved import parse_size
 from trtpipe.recipe.schema import fill_defaults, load_schema
 
+if TYPE_CHECKING:
+    from trtpipe.registry import PassInfo
+
 MISSING = object()  # a key the recipe (or its defaults) does not have
 _PATH_KEYS = {("source", "onnx"), ("source", "saved_model"), ("build", "timing_cache"), ("output", "dir"),
               ("validate", "data", "npz"), ("validate", "data", "images", "dir"),
               ("precision", "calibration", "npz"), ("precision", "calibration", "images", "dir")}
 
 
-def pass_info(name):
+def pass_info(name: object) -> PassInfo | None:
     """The registered pass `name` (None when unknown or not a string)."""
     from trtpipe import registry
     return registry.get(name) if isinstance(name, str) else None
 
 
-def normalized(raw):
+def normalized(raw: object) -> dict:
     """Recipe data as a run sees it (defaults filled); tolerant of recipes that do not validate."""
     raw = raw if isinstance(raw, dict) else {}
     data = fill_defaults(copy.deepcopy(raw), load_schema("recipe.schema.json"))
@@ -62,7 +69,7 @@ def _precision(value):
         return {"mode": value} if isinstance(value, str) else value
 
 
-def flatten(value, prefix=()):
+def flatten(value: Any, prefix: tuple = ()) -> dict[tuple, Any]:
     """{key path tuple: leaf value}; an empty dict is a leaf."""
     if isinstance(value, dict) and value:
         out = {}
@@ -72,7 +79,7 @@ def flatten(value, prefix=()):
     return {prefix: value}
 
 
-def lookup(data, path):
+def lookup(data: Any, path: Iterable[str | int]) -> Any:
     for key in path:
         if not isinstance(data, dict) or key not in data:
             return MISSING
@@ -80,7 +87,7 @@ def lookup(data, path):
     return data
 
 
-def show(value):
+def show(value: Any) -> str:
     """A value as a reviewer reads it: YAML flow style (`[1, 256, 256, 3]`, `{mode: split}`)."""
     if value is MISSING:
         return "(unset)"
@@ -90,7 +97,7 @@ def show(value):
     return text[:-4].strip() if text.endswith("\n...") else text.replace("\n...", "")
 
 
-def same_value(path, a, b, ctx):
+def same_value(path: tuple, a: Any, b: Any, ctx: dict) -> bool:
     """Equal as a run sees them; ctx["dirs"]: (old, new) recipe directories, for relative paths."""
     if a == b:
         return True
@@ -102,7 +109,7 @@ def same_value(path, a, b, ctx):
     return False
 
 
-def value_text(path, value, raw):
+def value_text(path: tuple, value: Any, raw: Any) -> str:
     """`value`, marked `(default)` when the recipe did not write it."""
     text = show(value)
     written = lookup(raw, path)

@@ -12,6 +12,8 @@ one back next to its key:
   its first entry, which it then introduces;
 * an end-of-line comment stays on the line of its key, with its original spacing.
 """
+from __future__ import annotations
+
 import bisect
 import re
 from dataclasses import dataclass, field
@@ -141,7 +143,7 @@ class Comments:
                 if found:
                     self._place_eol(n, found, slots)
 
-    def texts(self):
+    def texts(self) -> list[str]:
         """Every comment's text, sorted (formatting must keep exactly these)."""
         found = [t for t in self.header + self.trailer if t.lstrip().startswith("#")]
         for group in (self.before, self.tails):
@@ -192,7 +194,7 @@ class Comments:
         else:
             self.trailer.append(found[1])
 
-    def weave(self, dumped):
+    def weave(self, dumped: str) -> str:
         """Put the comments back into `dumped` (the reordered recipe without comments)."""
         out_tree = _Tree(dumped)
         lines = dumped.splitlines()

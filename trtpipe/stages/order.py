@@ -6,11 +6,15 @@ each other (each re-runs only itself and publish). Used by recipe_diff (review),
 stage cache, so all three name stages the same way.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 FIXED_BEFORE = ["source"]
 FIXED_AFTER = ["precision", "validate", "build", "publish"]
 
 
-def stage_labels(n):
+def stage_labels(n: int) -> list[str]:
     """All stage labels of a recipe with `n` passes, in run order."""
     return FIXED_BEFORE + [f"passes[{i}]" for i in range(n)] + FIXED_AFTER
 
@@ -24,7 +28,7 @@ def _stage_index(start, n):
     return 1 + n + FIXED_AFTER.index(start)
 
 
-def downstream(start, n, validate_enabled=True):
+def downstream(start: str | tuple[str, int], n: int, validate_enabled: bool = True) -> list[str]:
     """Stage labels `start` ("source", ("passes", i), "precision", ...) re-runs, in run order."""
     labels = stage_labels(n)
     if start == "build":
@@ -38,7 +42,7 @@ def downstream(start, n, validate_enabled=True):
     return [s for s in out if validate_enabled or s != "validate"]
 
 
-def compress(labels):
+def compress(labels: Iterable[str]) -> list[str]:
     """['passes[2]', 'passes[3]', 'passes[4]'] -> ['passes[2..4]']."""
     out, run = [], []
 

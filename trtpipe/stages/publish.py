@@ -5,9 +5,12 @@ filesystem rename: readers see either the old plan or the new one, never a parti
 failed run leaves the previous outputs untouched.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from trtpipe.cache.files import atomic_write as atomic_write_bytes
@@ -20,26 +23,26 @@ __all__ = ["Staging", "atomic_write_bytes", "sha256_file"]  # the file helpers a
 class Staging:
     """`with Staging(out_dir, where) as st:` -> st.path(name) for files; st.publish() moves them."""
 
-    def __init__(self, out_dir, where=""):
+    def __init__(self, out_dir: str | Path, where: str = "") -> None:
         self.out_dir = Path(out_dir)
         self.where = where
         self.dir = None
         self.published = {}
 
-    def __enter__(self):
+    def __enter__(self) -> Staging:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.dir = Path(tempfile.mkdtemp(dir=self.out_dir, prefix=".trtpipe-staging-"))
         except OSError as err:
             raise OutputError(f"{self.where}output directory {self.out_dir} is not writable: "
                               f"{err.strerror or err}",
-                              hint="set output.dir in the recipe to a directory you can write")
+                              hint="set output.dir in the recipe to a directory you can write") from err
         return self
 
-    def path(self, name):
+    def path(self, name: str) -> Path:
         return self.dir / name
 
-    def publish(self, names):
+    def publish(self, names: Sequence[str]) -> dict[str, Path]:
         """Move staged files into the output directory; returns {name: final path}.
 
         Every destination is checked before the first move, so a blocked one (say, a directory
@@ -57,10 +60,10 @@ class Staging:
                 os.replace(src, dst)
                 self.published[name] = dst
         except OSError as err:
-            raise OutputError(f"{self.where}cannot publish into {self.out_dir}: {err.strerror or err}")
+            raise OutputError(f"{self.where}cannot publish into {self.out_dir}: {err.strerror or err}") from err
         return self.published
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         if self.dir and self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
         return False

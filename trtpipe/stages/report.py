@@ -1,19 +1,30 @@
 """Last stage: the build report (report.json, described by schemas/report.schema.json, and
 report.md for pull requests) and the console summary table."""
 
+from __future__ import annotations
+
 import json
 import platform
+import types
 from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from trtpipe.stages.publish import atomic_write_bytes, sha256_file
 
+if TYPE_CHECKING:
+    from trtpipe.backend import Backend
+    from trtpipe.recipe.load import Recipe
+    from trtpipe.stages.build.plan import BuildResult
+    from trtpipe.stages.run_state import RunOptions
+
 _TOOLS = ["onnx", "onnxruntime", "tf2onnx", "tensorflow-cpu", "tensorflow", "polygraphy", "onnx-graphsurgeon",
           "tensorrt", "tensorrt-rtx-cu13-bindings", "onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxconverter-common"]
 
 
-def tool_versions():
+def tool_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in _TOOLS:
         try:
@@ -23,8 +34,9 @@ def tool_versions():
     return out
 
 
-def make_report(*, recipe, backend, source, pass_stats, build, validation, timings, ops_final,
-                artifacts, options, precision=None):
+def make_report(*, recipe: Recipe, backend: Backend, source: types.SimpleNamespace, pass_stats: list[dict],
+                build: BuildResult, validation: dict, timings: dict[str, float], ops_final: dict[str, int],
+                artifacts: dict[str, Path], options: RunOptions, precision: dict | None = None) -> dict[str, Any]:
     return {
         "recipe": {"path": str(recipe.path), "sha256": recipe.sha256, "name": recipe.name,
                    "resolved": recipe.data},
@@ -53,7 +65,7 @@ def _nodes(source):
     return nodes if nodes is not None else len(source.model.graph.node)
 
 
-def write(rep, json_path, md_path):
+def write(rep: dict, json_path: str | Path, md_path: str | Path) -> None:
     atomic_write_bytes(json_path, (json.dumps(rep, indent=2, default=str) + "\n").encode())
     atomic_write_bytes(md_path, to_markdown(rep).encode())
 
@@ -91,7 +103,8 @@ def _validation_md(val):
         lines += ["", f"*{comp['name']}*: {comp['status']}" + (f" ({comp['reason']})" if comp.get("reason") else "")]
         rows = comp.get("outputs") or []
         if rows:
-            lines += ["", "| output | statistic | max abs | max rel | atol / rtol | status |", "|---|---|---:|---:|---|---|"]
+            lines += ["", "| output | statistic | max abs | max rel | atol / rtol | status |",
+                      "|---|---|---:|---:|---|---|"]
             for o in rows:
                 tol = f"{_num(o.get('atol'))} / {_num(o.get('rtol'))}" if o.get("atol") is not None else ""
                 status = o["status"] + (f" ({o['reason']})" if o.get("reason") else "")
@@ -100,12 +113,13 @@ def _validation_md(val):
     dets = val.get("detections")
     if dets:
         lines += ["", f"*detections* (IoU >= {dets.get('iou_threshold')}): {dets.get('status')}, "
-                      f"{dets.get('matched', 0)} matched, {dets.get('unmatched_source', 0)} missed, {dets.get('unmatched_final', 0)} extra, "
+                      f"{dets.get('matched', 0)} matched, {dets.get('unmatched_source', 0)} missed, "
+                      f"{dets.get('unmatched_final', 0)} extra, "
                       f"{dets.get('borderline', 0)} borderline"]
     return lines
 
 
-def to_markdown(rep):
+def to_markdown(rep: dict) -> str:
     b, mem = rep["backend"], rep["build"]["memory"] or {}
     lines = [f"# Build report: `{rep['recipe']['name']}`", "",
              f"- recipe: `{rep['recipe']['path']}` (sha256 `{rep['recipe']['sha256'][:16]}…`)",
@@ -131,7 +145,7 @@ def to_markdown(rep):
     return "\n".join(lines) + "\n"
 
 
-def summary_table(rep, published):
+def summary_table(rep: dict, published: dict[str, Path]) -> Table:
     table = Table(title=f"{rep['recipe']['name']}: done", header_style="bold")
     for col in ("stage", "seconds", "cache", "artifact", "bytes", "sha256"):
         table.add_column(col, justify="right" if col in ("seconds", "bytes") else "left")

@@ -9,10 +9,13 @@ succeeded. One run per recipe at a time (a lock in the cache directory); artifac
 renamed into place.
 """
 
+from __future__ import annotations
+
 import functools
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trtpipe.backend import has_runtime_gpu, resolve_backend
 from trtpipe.cache.files import MODEL, copy_model
@@ -28,22 +31,51 @@ from trtpipe.stages.build import cached as build_stage
 from trtpipe.stages.passes import cached as passes_stage
 from trtpipe.stages.precision import cached as precision_stage
 from trtpipe.stages.publish import Staging
-from trtpipe.stages.run_state import RunState, forced_stages
+from trtpipe.stages.run_state import RunOptions, RunState, forced_stages
 from trtpipe.stages.source import cached as source_stage
 from trtpipe.stages.validate import cached as validate_stage
 
+if TYPE_CHECKING:
+    from trtpipe.console import UI
 
-class RunOptions:
-    def __init__(self, validate=True, debug=False, output_dir=None, cache_dir=None, force=False, from_stage=None):
-        self.validate = validate
-        self.debug = debug
-        self.output_dir = output_dir
-        self.cache_dir = cache_dir      # None: $TRTPIPE_CACHE_DIR, else the XDG cache directory
-        self.force = force              # re-run every stage (results still refresh the cache)
-        self.from_stage = from_stage    # re-run this stage and the ones after it
+__all__ = ["RunOptions", "run_recipe"]  # RunOptions lives in run_state (the stages read it there)
 
 
-def run_recipe(recipe_path, ui, options=None):
+def run_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = None) -> dict[str, Any]:
+    """Run a recipe end to end: recipe -> source -> passes -> precision -> validate -> build ->
+    report, each stage served from the stage cache when its key matches, and publish the artifacts
+    into `output.dir` only if every stage succeeded (staged, then renamed into place). One run per
+    recipe at a time: a second run waits for the first one's lock.
+
+    Args:
+        recipe_path: the recipe YAML file.
+        ui: progress and messages (stage lines, warnings, `-v` details, the final summary table).
+        options: command-line options (validation on/off, output and cache directories, --force,
+            --from); default RunOptions().
+
+    Returns:
+        The report (what report.json holds, schemas/report.schema.json): resolved recipe, tool
+        versions, per-pass stats, precision counts, validation table, build summary (durations in
+        seconds, memory in bytes), artifacts' sizes in bytes and sha256, cache status per stage.
+
+    Raises:
+        RecipeError: the recipe is unreadable or invalid, including what only shows later: precision
+            options that match no node or unreadable calibration data, build profiles or compute
+            capabilities that do not fit the parsed network (BuildConfigError, also a BuildError).
+        UsageError: `--from` names no stage of the recipe (exit code 2; defined in run_state).
+        SourceError: the source model is missing, corrupt or not fully converted.
+        PassError: a pass failed or left an invalid graph, a pass precheck or the precision
+            rewrite failed, a pass registered an artifact outside its stage directory, or a
+            third-party pass failed to load.
+        ValidationError: outputs disagree beyond the recipe's tolerances, or the validation data
+            cannot be read or fed to the models (the fp16 overflow guard reads it too).
+        BuildError: the backend is unknown or not installed, lacks a plugin a pass needs, or the
+            parser/builder failed.
+        OutputError: the cache directory, output directory or timing cache is not writable, or
+            publishing failed.
+        CorruptEntry: the same cache entry turned out corrupt three runs in a row (a bug or a
+            failing disk; not a PipelineError).
+    """
     options = options or RunOptions()
     for attempt in range(3):
         try:

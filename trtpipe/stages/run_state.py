@@ -2,15 +2,42 @@
 recipe's keys, which stages are forced (--force / --from), and what each stage records (timings,
 cache status). The *_stage.py modules read and fill it; run.py creates it."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from trtpipe.cache.files import MODEL
 from trtpipe.errors import EXIT_USAGE, PipelineError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from trtpipe.backend import Backend
+    from trtpipe.cache.keys import Keys
+    from trtpipe.cache.store import Cache, Entry
+    from trtpipe.console import UI
+    from trtpipe.recipe.load import Recipe
 
 
 class UsageError(PipelineError):
     exit_code = EXIT_USAGE
 
 
-def quiet_libraries(verbose):
+class RunOptions:
+    """The command line's run options (`python pipeline.py RECIPE ...`)."""
+
+    def __init__(self, validate: bool = True, debug: bool = False, output_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, force: bool = False, from_stage: str | None = None) -> None:
+        self.validate = validate
+        self.debug = debug
+        self.output_dir = output_dir
+        self.cache_dir = cache_dir      # None: $TRTPIPE_CACHE_DIR, else the XDG cache directory
+        self.force = force              # re-run every stage (results still refresh the cache)
+        self.from_stage = from_stage    # re-run this stage and the ones after it
+
+
+def quiet_libraries(verbose: bool) -> None:
     """ONNX Runtime and Polygraphy log warnings meant for their own developers; keep errors."""
     import onnxruntime
     from polygraphy.logger import G_LOGGER
@@ -22,10 +49,10 @@ class ModelRef:
     """A stage's output model: its sha256, the cache entry holding it, and the ModelProto once a
     later stage needs it in memory (cached runs never load it)."""
 
-    def __init__(self, sha, entry, model=None):
+    def __init__(self, sha: str, entry: Entry, model: onnx.ModelProto | None = None) -> None:
         self.sha, self.entry, self.model = sha, entry, model
 
-    def load(self):
+    def load(self) -> onnx.ModelProto:
         if self.model is None:
             import onnx
             self.entry.verify(self.entry.model_files())
@@ -36,19 +63,21 @@ class ModelRef:
 class RunState:
     """Created once the recipe is loaded and the cache opened; passed to every *_stage.run()."""
 
-    def __init__(self, recipe, backend, ui, options, cache, keys, forced):
+    def __init__(self, recipe: Recipe, backend: Backend, ui: UI, options: RunOptions, cache: Cache, keys: Keys,
+                 forced: set[str]) -> None:
         self.recipe, self.backend, self.ui, self.options = recipe, backend, ui, options
         self.cache, self.keys, self.forced = cache, keys, forced
         self.timings, self.stages = {}, {}
         self._quieted = False
 
-    def quiet(self):
+    def quiet(self) -> None:
         """Silence library chatter once, and only when a stage actually runs them."""
         if not self._quieted:
             quiet_libraries(self.ui.verbose)
             self._quieted = True
 
-    def lookup(self, kind, key, label, verify=()):
+    def lookup(self, kind: str, key: str | None, label: str,
+               verify: list[str] | tuple[str, ...] | None = ()) -> Entry | None:
         """The cached entry for a stage, unless the stage is forced; records the stage status."""
         entry = None
         if key is not None and label not in self.forced:
@@ -57,7 +86,7 @@ class RunState:
         self.stages[label] = {"status": status, "key": key}
         return entry
 
-    def cache_report(self):
+    def cache_report(self) -> dict[str, Any]:
         """The report's `cache` section: the directory, each stage's status and key, and per row
         of the timings table 'cached', 'ran', 'forced' or 'k/n cached' for passes."""
         summary = {row: self.stages[row]["status"] for row in ("source", "precision", "validate", "build")
@@ -71,7 +100,7 @@ class RunState:
         return {"dir": str(self.cache.root), "stages": self.stages, "summary": summary}
 
 
-def forced_stages(recipe, force, from_stage):
+def forced_stages(recipe: Recipe, force: bool, from_stage: str | None) -> set[str]:
     """Stage labels a run must redo: all with --force, `from_stage` and those after it with --from."""
     from trtpipe.stages.order import downstream, stage_labels
     n = len(recipe.data["passes"])

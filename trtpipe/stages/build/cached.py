@@ -2,12 +2,20 @@
 model, build settings, backend and target device. Unless the recipe names a timing cache, one
 per backend + device is kept in the cache directory."""
 
+from __future__ import annotations
+
 import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trtpipe.cache.files import sha256_file
 
+if TYPE_CHECKING:
+    from trtpipe.stages.build.plan import BuildResult
+    from trtpipe.stages.run_state import ModelRef, RunState
 
-def run(state, final, final_path, plan_path):
+
+def run(state: RunState, final: ModelRef, final_path: Path, plan_path: Path) -> tuple[BuildResult, str]:
     """Returns (BuildResult, the plan's sha256); the plan is copied to `plan_path`."""
     from trtpipe.stages.build.plan import BuildResult, build_plan
     recipe, ui, backend = state.recipe, state.ui, state.backend

@@ -2,19 +2,32 @@
 
 TensorRT reports parser errors as C++ assertions and builder errors by layer name; users think in
 ONNX nodes. These helpers map one to the other so no failure reads "failed to build engine".
+
+TensorRT objects (parser, network) are typed `Any` (tensorrt or tensorrt_rtx), as is `cap`: the
+build's log capture (stages/build/plan.py), whose `error_list()` is read here.
 """
+
+from __future__ import annotations
 
 import contextlib
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from trtpipe.stages.build import plugins as plugin_mod
 from trtpipe.errors import BuildError
+from trtpipe.stages.build import plugins as plugin_mod
+
+if TYPE_CHECKING:
+    import onnx
+
+    from trtpipe.backend import Backend
+
 
 @contextlib.contextmanager
-def grab_stderr():
+def grab_stderr() -> Iterator[dict[str, str]]:
     """The parser prints some details (e.g. "Unsupported ONNX data type: STRING (8)") straight to
     the process's stderr instead of the logger: catch them so they reach the error message."""
     out = {}
@@ -37,7 +50,9 @@ def grab_stderr():
             out["text"] = tmp.read().decode(errors="replace")
 
 
-def parser_failure(parser, model, model_path, cap, printed=""):
+def parser_failure(parser: Any, model: onnx.ModelProto, model_path: str, cap: Any, printed: str = "") -> str:
+    """The message for a failed parse: each parser error with the ONNX node name, op type and
+    index it names, the assertion's human text, plus new lines from the log and stderr."""
     nodes = list(model.graph.node)
     lines = [f"the ONNX parser rejected {model_path} ({parser.num_errors} error(s)):"]
     for i in range(parser.num_errors):
@@ -80,7 +95,10 @@ def _strip_src(msg):
     return re.sub(r"^\S+\.cpp:\d+:\s*(ERROR:\s*)?", "", msg.strip()).replace("\n", " ")
 
 
-def build_failure(cap, network, model, backend, ccs):
+def build_failure(cap: Any, network: Any, model: onnx.ModelProto, backend: Backend,
+                  ccs: list[str] | None) -> BuildError:
+    """The BuildError for a build that returned no plan: the builder's errors, each layer it names
+    traced to its ONNX node through the parser's layer metadata ("[ONNX Layer: <node>]")."""
     errors = cap.error_list() or ["(the builder logged no error message)"]
     layers = _layer_origins(network, model)
     lines = [f"backend {backend.label} could not build the network"

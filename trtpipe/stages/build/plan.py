@@ -4,7 +4,12 @@ One code path for tensorrt 10.x/11.x and TensorRT-RTX (modern API only: strongly
 OnnxParser.parse_from_file, memory-pool limits, build_serialized_network). Every failure is a
 BuildError that says which node, layer, input or recipe line is at fault, never a bare
 "failed to build engine". Writing the plan is publish's job: this returns bytes.
+
+TensorRT objects (builder, network, config, parser) are typed `Any`: they come from whichever of
+`tensorrt` / `tensorrt_rtx` the Backend imported.
 """
+
+from __future__ import annotations
 
 import contextlib
 import difflib
@@ -15,14 +20,21 @@ import textwrap
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from trtpipe.stages.build import plugins as plugin_mod
-from trtpipe.stages.build.errors import build_failure, grab_stderr, parser_failure
 from trtpipe.backend import rtx_supported_ccs
 from trtpipe.errors import BuildError, OutputError, RecipeError
+from trtpipe.recipe.resolved import resolve_build
+from trtpipe.stages.build import plugins as plugin_mod
+from trtpipe.stages.build.errors import build_failure, grab_stderr, parser_failure
+
+if TYPE_CHECKING:
+    from trtpipe.backend import Backend
 
 _MEMORY_RE = {
     "activation_bytes": re.compile(r"Total Activation Memory:\s*(\d+)"),
@@ -45,22 +57,64 @@ class BuildResult:
     plan: bytes
     backend: str
     backend_version: str
-    compute_capabilities: list  # None on tensorrt (it builds for the local GPU)
+    compute_capabilities: list | None  # None on tensorrt (it builds for the local GPU)
     duration_s: float
     inputs: list                # [{"name", "dtype", "shape"}], -1 for dynamic dims
     outputs: list
-    memory: dict = None         # {"activation_bytes", "weights_bytes"} when the builder printed them
+    memory: dict | None = None  # {"activation_bytes", "weights_bytes"} when the builder printed them
     num_layers: int = 0         # network layers after parsing (before builder fusion)
     warnings: list = field(default_factory=list)
     profiles: list = field(default_factory=list)  # profile names, in TensorRT's profile order
-    timing_cache: str = None
+    timing_cache: str | None = None
 
-    def summary(self):
+    def summary(self) -> dict[str, Any]:
         """Everything but the plan bytes (for the report)."""
         return {k: v for k, v in self.__dict__.items() if k != "plan"} | {"plan_bytes": len(self.plan)}
 
 
-def build_plan(model_path, build_cfg, backend, *, locate=None, progress=None, log=None):
+def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend, *,
+               locate: Callable[[tuple], str] | None = None, progress: Any = None,
+               log: Callable[[str], Any] | None = None) -> BuildResult:
+    """Parse the ONNX model with the backend's ONNX parser and build a serialized plan (engine).
+
+    The network is created strongly typed (precision comes from the graph: TensorRT 11 and
+    TensorRT-RTX have no FP16/INT8 builder flags) and parsed from the file, so external weights
+    next to it are read from disk. One build at a time per process (TensorRT's logger is global).
+
+    Args:
+        model_path: the final ONNX model file.
+        build_cfg: the recipe's resolved `build` section, or a partial mapping that gets the schema
+            defaults (recipe.resolved.resolve_build): `workspace_bytes` (bytes; the WORKSPACE memory
+            pool limit), `optimization_level` (the builder's, 0-5), `profiles` ([{name, inputs:
+            {input name: {min, opt, max}}}], one dims list each), `compute_capabilities` (["8.9", ...];
+            TensorRT-RTX only, built ahead of time), `plugins` (library paths), `timing_cache`
+            (path or None).
+        backend: the imported tensorrt or tensorrt_rtx module.
+        locate: recipe key path -> "file:line:col", so errors point at the recipe line.
+        progress: optional UI whose `phase(name, current, total)` receives the builder's progress
+            (IProgressMonitor phases and steps; an exception there cancels the build and is
+            re-raised).
+        log: optional sink for detail lines (`-v`).
+
+    Returns:
+        BuildResult: `plan` (the serialized engine, bytes), backend name and version,
+        `compute_capabilities` built for (None on tensorrt: the local GPU), `duration_s`
+        (seconds), `inputs`/`outputs` ([{"name", "dtype" (numpy name), "shape" (-1 for dynamic
+        dims)}]), `memory` ({"activation_bytes", "weights_bytes"} in bytes, when the builder
+        printed them), `num_layers` (after parsing), `warnings`, `profiles` (names, in TensorRT's
+        order), `timing_cache` (path or None).
+
+    Raises:
+        BuildError: the model file is missing or unreadable; a plugin library is missing or cannot
+            be loaded; the graph needs a plugin no registry provides; the parser rejected the graph
+            (node, op and cause named); the builder failed (layers mapped to ONNX nodes).
+        BuildConfigError: (a RecipeError and a BuildError; exits with the recipe code) the recipe's
+            `build.profiles` do not fit the parsed network (dynamic inputs but no profile, an input
+            the network lacks, wrong rank, a static dim changed, not min <= opt <= max, a dynamic
+            input left out, TensorRT rejected the profile), or a compute capability the backend
+            does not support.
+        OutputError: the timing cache cannot be written.
+    """
     log = log or (lambda msg: None)
     model_path = str(model_path)
     if not os.path.isfile(model_path):
@@ -134,10 +188,9 @@ def _configure(backend, builder, cfg, inputs, model, locate, log):
 
 
 def _with_defaults(build_cfg):
-    cfg = {"workspace_bytes": 1 << 30, "compute_capabilities": ["8.9"], "optimization_level": 3,
-           "profiles": [], "timing_cache": None, "plugins": []}
-    cfg.update({k: v for k, v in (build_cfg or {}).items() if v is not None})
-    return cfg
+    # a recipe's build section is resolved already; direct callers may pass a partial mapping.
+    # The defaults are the schema's (recipe.schema.json: build), nowhere else.
+    return resolve_build(build_cfg)
 
 
 def _network_flags(trt):
@@ -285,7 +338,7 @@ def _fmt_input(t, dim_names):
 
 
 def _where(locate, path):
-    return plugin_mod._where(locate, path)
+    return plugin_mod.location_prefix(locate, path)
 
 
 def _add_profiles(builder, config, inputs, profiles, dim_names, locate):

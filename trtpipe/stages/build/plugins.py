@@ -4,20 +4,30 @@ TensorRT's ONNX parser hands any op it does not import itself to the plugin regi
 the op type as the plugin name (version/namespace from the node's `plugin_version` and
 `plugin_namespace` attributes). Checking that up front gives one clear message per missing
 plugin instead of the parser's "Plugin not found" assertion.
+
+TensorRT objects (builder, parser, logger, plugin registries) are typed `Any`: they come from
+whichever of `tensorrt` / `tensorrt_rtx` the Backend imported, and neither need be installed.
 """
+
+from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnx.defs
 
 from trtpipe.errors import BuildError
 
+if TYPE_CHECKING:
+    from trtpipe.backend import Backend
+
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
 
 
-def registries(backend, builder, logger):
+def registries(backend: Backend, builder: Any, logger: Any) -> list[Any]:
     """The global registry (where libraries are loaded and the parser looks) and, when different,
     the builder's (TensorRT-RTX keeps a child registry that searches its parent)."""
     trt = backend.trt
@@ -31,10 +41,15 @@ def registries(backend, builder, logger):
     return regs
 
 
-def load_libraries(paths, registry, captured_errors, locate=None):
-    """Load each plugin library explicitly; a failure names the file and the loader's reason."""
+def load_libraries(paths: Sequence[str], registry: Any, captured_errors: Callable[[], list[str]],
+                   locate: Callable[[tuple], str] | None = None) -> None:
+    """Load each plugin library explicitly; a failure names the file and the loader's reason.
+
+    Raises:
+        BuildError: a library does not exist or the registry cannot load it (dlopen's reason).
+    """
     for i, path in enumerate(paths):
-        where = _where(locate, ("build", "plugins", i)) + f"build.plugins[{i}]: "
+        where = location_prefix(locate, ("build", "plugins", i)) + f"build.plugins[{i}]: "
         if not os.path.isfile(path):
             raise BuildError(f"{where}plugin library {path} does not exist")
         if registry.load_library(path) is None:
@@ -50,7 +65,7 @@ def _dlopen_reason(path, errors):
     return "; ".join(errors[-3:]) or "the plugin registry rejected it (not a TensorRT plugin library?)"
 
 
-def available_creators(regs):
+def available_creators(regs: Iterable[Any]) -> dict[tuple[str, str], set[str]]:
     """{(name, namespace): set(versions)} over all registries."""
     out = {}
     for reg in regs:
@@ -62,7 +77,7 @@ def available_creators(regs):
     return out
 
 
-def iter_nodes(graph, index_prefix=""):
+def iter_nodes(graph: onnx.GraphProto, index_prefix: str = "") -> Iterator[tuple[str, onnx.NodeProto]]:
     """(index label, node) for every node, descending into Loop/If/Scan bodies."""
     for i, node in enumerate(graph.node):
         label = f"{index_prefix}{i}"
@@ -74,7 +89,7 @@ def iter_nodes(graph, index_prefix=""):
                 yield from iter_nodes(sub, f"{label}/{attr.name}/")
 
 
-def plugin_ops(model, parser):
+def plugin_ops(model: onnx.ModelProto, parser: Any) -> list[tuple[str, onnx.NodeProto]]:
     """Nodes the parser can only import as plugins: not a standard ONNX op, not a model-local
     function, and not an op the parser imports natively."""
     local = {(f.domain, f.name) for f in model.functions}
@@ -91,7 +106,10 @@ def plugin_ops(model, parser):
     return found
 
 
-def check_plugins(model, parser, regs, backend):
+def check_plugins(model: onnx.ModelProto, parser: Any, regs: list[Any], backend: Backend) -> None:
+    """BuildError listing every node the parser would import as a plugin that no registry in
+    `regs` provides (op type = plugin name; version and namespace from the node's
+    `plugin_version` / `plugin_namespace` attributes, as TensorRT's ONNX parser looks them up)."""
     missing = []
     creators = available_creators(regs)
     for label, node in plugin_ops(model, parser):
@@ -121,7 +139,8 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _where(locate, path):
+def location_prefix(locate: Callable[[tuple], str] | None, path: tuple) -> str:
+    """'recipe.yaml:12:3: ' for a recipe key path, or '' without a locator or location."""
     if locate is None:
         return ""
     try:
@@ -131,7 +150,7 @@ def _where(locate, path):
     return f"{loc}: " if loc else ""
 
 
-def backend_plugins(backend):
+def backend_plugins(backend: Backend) -> dict[tuple[str, str], set[str]]:
     """{(name, namespace): versions} the backend provides without extra libraries (for prechecks)."""
     trt = backend.trt
     if hasattr(trt, "init_libnvinfer_plugins"):
@@ -139,7 +158,7 @@ def backend_plugins(backend):
     return available_creators([trt.get_plugin_registry()])
 
 
-def require_plugin(backend, name, version="1", namespace=""):
+def require_plugin(backend: Backend, name: str, version: str = "1", namespace: str = "") -> None:
     """BuildError naming the plugin and backend when the backend lacks it."""
     creators = backend_plugins(backend)
     versions = creators.get((name, namespace), set())

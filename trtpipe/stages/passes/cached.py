@@ -3,10 +3,17 @@ code and the state earlier passes handed on (cache_keys.ctx_state). A cached pas
 state and its artifacts into the PassContext instead of running; the first pass that must run
 loads its input model from the cache entry before it."""
 
+from __future__ import annotations
+
 import shutil
+from typing import TYPE_CHECKING, Any
 
 from trtpipe.cache.keys import ctx_state
 from trtpipe.stages.run_state import ModelRef
+
+if TYPE_CHECKING:
+    from trtpipe.registry import PassContext
+    from trtpipe.stages.run_state import RunState
 
 
 class _OnePass:
@@ -19,8 +26,10 @@ class _OnePass:
         return [self._item]
 
 
-def run(state, cur, ctx, staging, source_nodes):
-    """Run or restore every enabled pass on `cur` (a ModelRef); returns (final ModelRef, stats)."""
+def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
+        source_nodes: int) -> tuple[ModelRef, list[dict]]:
+    """Run or restore every enabled pass on `cur` (a ModelRef); returns (final ModelRef, stats).
+    `staging` is the run's stages.publish.Staging (restored artifacts are copied into it)."""
     recipe, ui, cache = state.recipe, state.ui, state.cache
     ui.stage("passes")
     stats, cached = [], 0

@@ -3,12 +3,23 @@ TensorRT-RTX are strongly typed: there are no builder precision flags). Reduced 
 the model on the validation data (calibration, fp16 overflow checks), fed through the input
 contract the passes recorded."""
 
-import functools
+from __future__ import annotations
 
+import functools
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trtpipe.graph.types import LOW, np_low_dtype
 from trtpipe.stages.run_state import ModelRef
 
+if TYPE_CHECKING:
+    from trtpipe.registry import PassContext
+    from trtpipe.stages.run_state import RunState
 
-def run(state, cur, source, source_path, ctx):
+
+def run(state: RunState, cur: ModelRef, source: types.SimpleNamespace, source_path: Path,
+        ctx: PassContext) -> tuple[ModelRef, dict, dict[str, int]]:
     """Returns (ModelRef of the final model, precision stats, op histogram of the final model)."""
     recipe, ui, backend = state.recipe, state.ui, state.backend
     cfg = recipe.data["precision"]  # normalized by the recipe loader
@@ -32,9 +43,10 @@ def run(state, cur, source, source_path, ctx):
     model, stats = apply_precision(model, recipe.data["precision"], compute_capabilities=ccs, data_feeds=feeds,
                                    locate=recipe.locate, log=ui.detail, recipe_dir=recipe.dir, make_feeds=make_feeds)
     for name, dtype in (stats.get("io_types_changed") or {}).items():
-        # keep_io_types: false changed a graph input's type: validation data must follow
+        # keep_io_types: false changed a graph input's type: validation data must follow. The
+        # contract's cast steps name numpy dtypes ("float16"); the stats use precision names ("fp16").
         if name in ctx.input_contract:
-            ctx.input_contract[name]["steps"].append({"op": "cast", "to": dtype})
+            ctx.input_contract[name]["steps"].append({"op": "cast", "to": np_low_dtype(LOW[dtype]).name})
     ops_final = op_histogram(model)
     with state.cache.writer("precision", key) as w:
         sha = w.save_model(model)

@@ -16,8 +16,13 @@ rewrite, done here and recorded in the report:
 `apply_precision` is the stage's entry point; `precision_counts` describes any model's types.
 """
 
+from __future__ import annotations
+
 import collections
 import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,7 +47,7 @@ from trtpipe.stages.precision.select import check_op_types, match_nodes
 
 __all__ = ["apply_precision", "normalize", "check_targets", "emulate_in_fp32", "precision_counts"]
 
-FP16_MAX = 65504.0
+FP16_MAX = 65504.0    # largest finite IEEE 754 binary16 value
 BF16_OPSET = 22       # Conv, pooling, ... have bf16 variants only from ai.onnx opset 22
 GUARD_SAMPLES = 8     # the overflow guard looks at this many feeds at most
 # Shape/Size read only metadata: what they compute from is not data (keeps shape arithmetic exact).
@@ -50,16 +55,55 @@ _ATTR_TYPED = {"ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformL
                "Multinomial", "RandomNormal", "RandomUniform"}
 
 
-def apply_precision(model, precision_cfg, *, compute_capabilities, data_feeds, locate=None, log=None,
-                    recipe_dir=None, make_feeds=None):
-    """Rewrite `model` (not modified) to the recipe's precision -> (new model, stats).
+def apply_precision(model: onnx.ModelProto, precision_cfg: str | dict | None, *,
+                    compute_capabilities: list[str] | None,
+                    data_feeds: list[dict[str, np.ndarray]] | None,
+                    locate: Callable[[tuple], str] | None = None, log: Callable[[str], Any] | None = None,
+                    recipe_dir: str | Path | None = None,
+                    make_feeds: Callable[[dict], list[dict[str, np.ndarray]]] | None = None,
+                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Rewrite `model` (not modified) to the recipe's precision (stage 4).
 
-    `data_feeds` (the validation data: dicts input name -> array) drive the fp16 overflow guard
-    and, when the recipe declares no `calibration`, int8/fp8 calibration. `make_feeds(cal_cfg)`
-    turns a declared `precision.calibration` (validate.data's form, for the source model) into
-    final-model feeds; without it the data is made for the final model's inputs directly, paths
-    relative to `recipe_dir`. stats: mode, node/initializer counts per type, Q/DQ pairs, what
-    was kept in fp32 and why, notes."""
+    TensorRT 11 and TensorRT-RTX are strongly typed (no precision builder flags, no calibrators),
+    so the precision is realized in the graph: fp16/bf16 as mixed precision with Casts, int8/fp8
+    as explicit QuantizeLinear/DequantizeLinear pairs (ONNX Runtime's quantize_static, QDQ format,
+    symmetric, as TensorRT fuses them). bf16 needs ai.onnx opset 22 (the model is converted up).
+
+    Args:
+        model: the model after the passes.
+        precision_cfg: the recipe's `precision` (a mode name, a mapping, or None for fp32);
+            normalized here (`fp16` and `{mode: fp16}` are the same).
+        compute_capabilities: TensorRT-RTX build targets ("8.9", ...), checked against the mode
+            (e.g. fp8 needs 8.9 or later); empty or None on tensorrt.
+        data_feeds: the validation data for the final model, one {input name: array} per batch
+            (shapes and dtypes of the final model's inputs); drives the fp16 overflow guard (at
+            most GUARD_SAMPLES feeds; nodes reading or producing a tensor whose max |x| exceeds
+            `overflow_threshold` stay fp32) and, when
+            the recipe declares no `calibration`, int8/fp8 calibration. None: no data (the guard
+            is skipped; calibration falls back to seeded random data).
+        locate: recipe key path -> "file:line:col", so messages point at the recipe line.
+        log: optional sink for detail lines.
+        recipe_dir: base directory of relative calibration data paths.
+        make_feeds: `make_feeds(calibration_cfg)` turns a declared `precision.calibration`
+            (validate.data's form, for the source model) into final-model feeds; None: the data is
+            made for the final model's inputs directly.
+
+    Returns:
+        (the rewritten model, or `model` itself for fp32; stats): `mode`, `config` (normalized),
+        `before` (precision_counts of the input), node and initializer counts per type, Q/DQ
+        pairs and Casts of the result, and per mode what was converted or quantized, what was
+        kept in fp32 and why, the overflow guard's or calibration's summary, `io_types_changed`
+        and notes.
+
+    Raises:
+        RecipeError: options of another mode; a mode the build targets cannot run; a
+            `keep_op_types` entry ONNX does not define; a `keep_nodes` / `exclude_nodes` pattern
+            that matches no node (or no quantizable layer); nothing left to quantize; calibration
+            data that cannot be read or is empty.
+        PassError: the opset conversion failed; ONNX Runtime could not run the overflow guard or
+            the quantization; the Q/DQ graph breaks a TensorRT rule; the rewritten graph fails
+            onnx.checker or strict shape inference (a trt-pipeline bug).
+    """
     log = log or (lambda msg: None)
     cfg = normalize(precision_cfg, locate)
     mode = cfg["mode"]
@@ -83,7 +127,9 @@ def apply_precision(model, precision_cfg, *, compute_capabilities, data_feeds, l
 
 # ----------------------------------------------------------------------------- fp16 / bf16
 
-def convert_float(model, cfg, data_feeds=None, *, locate=None, log=None):
+def convert_float(model: onnx.ModelProto, cfg: dict, data_feeds: list[dict[str, np.ndarray]] | None = None, *,
+                  locate: Callable[[tuple], str] | None = None,
+                  log: Callable[[str], Any] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Mixed-precision rewrite (fp16 or bf16) -> (model, stats part)."""
     log = log or (lambda msg: None)
     mode, lp = cfg["mode"], LOW[cfg["mode"]]
@@ -161,7 +207,8 @@ def _keep_reason(node, keep_ops, keep_nodes, pinned, cfg):
     return None
 
 
-def lp_positions(node, opset, lp, f32_in, f32_out):
+def lp_positions(node: onnx.NodeProto, opset: int, lp: int, f32_in: list[int],
+                 f32_out: list[int]) -> tuple[list[int] | None, str | None]:
     """(input positions to convert, None) or (None, reason to keep fp32), from the op schema's
     type constraints: a float input bound to a fixed `tensor(float)` keeps its type."""
     try:

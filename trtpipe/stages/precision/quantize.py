@@ -13,12 +13,17 @@ fuse (the TensorRT-RTX parser and builder reject anything else):
   convolutions (memory-bound; TensorRT-RTX stores their int8 weights expanded).
 """
 
+from __future__ import annotations
+
 import collections
 import contextlib
 import copy
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,8 +38,19 @@ QUANT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel axis (13); float8 Q/DQ (19)
 
 
-def quantize(model, cfg, data_feeds=None, *, locate=None, log=None, recipe_dir=None, make_feeds=None):
-    """Q/DQ-quantize `model` per the normalized precision config -> (model, stats part)."""
+def quantize(model: onnx.ModelProto, cfg: dict, data_feeds: list[dict[str, np.ndarray]] | None = None, *,
+             locate: Callable[[tuple], str] | None = None, log: Callable[[str], Any] | None = None,
+             recipe_dir: str | Path | None = None,
+             make_feeds: Callable[[dict], list[dict[str, np.ndarray]]] | None = None,
+             ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Q/DQ-quantize `model` per the normalized precision config -> (model, stats part).
+
+    Raises:
+        RecipeError: an `exclude_nodes` pattern matching no node or no quantizable layer, nothing
+            left to quantize, or unreadable or empty calibration data.
+        PassError: the opset conversion or ONNX Runtime's quantization failed, or the result
+            breaks a TensorRT Q/DQ rule.
+    """
     from onnxruntime import quantization as oq
     log = log or (lambda msg: None)
     mode, notes = cfg["mode"], []
@@ -118,7 +134,7 @@ def quantize(model, cfg, data_feeds=None, *, locate=None, log=None, recipe_dir=N
                  "excluded": excluded, "notes": notes}
 
 
-def output_layers(graph, op_types):
+def output_layers(graph: onnx.GraphProto, op_types: Collection[str]) -> list[str]:
     """Names of quantizable nodes from which no other quantizable node is reachable: the layers
     that predict the outputs (classifier, detection box/class predictors)."""
     consumers = collections.defaultdict(list)
@@ -132,7 +148,7 @@ def output_layers(graph, op_types):
     return [n.name for n in graph.node if n.op_type in op_types and not reaches[id(n)]]
 
 
-def depthwise_convs(graph):
+def depthwise_convs(graph: onnx.GraphProto) -> list[str]:
     """Conv nodes with one input channel per group (weight shape [C, 1, kh, kw], group > 1)."""
     dims = {t.name: list(t.dims) for t in graph.initializer}
     return [n.name for n in graph.node if n.op_type == "Conv" and len(n.input) > 1
@@ -140,7 +156,10 @@ def depthwise_convs(graph):
             and len(dims.get(n.input[1], [])) > 1 and dims[n.input[1]][1] == 1]
 
 
-def calibration_feeds(model, cfg, data_feeds, *, locate=None, recipe_dir=None, make_feeds=None):
+def calibration_feeds(model: onnx.ModelProto, cfg: dict, data_feeds: list[dict[str, np.ndarray]] | None, *,
+                      locate: Callable[[tuple], str] | None = None, recipe_dir: str | Path | None = None,
+                      make_feeds: Callable[[dict], list[dict[str, np.ndarray]]] | None = None,
+                      ) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
     """Feeds for the final model: the recipe's `calibration` data (through `make_feeds`, which
     the run wires to validation's data loader + input contract, else generated for the final
     model's own inputs), else the validation feeds, else seeded random data."""
@@ -172,7 +191,7 @@ def calibration_feeds(model, cfg, data_feeds, *, locate=None, recipe_dir=None, m
     return feeds, info
 
 
-def check_trt_rules(model, mode):
+def check_trt_rules(model: onnx.ModelProto, mode: str) -> None:
     """What TensorRT requires of Q/DQ graphs; a violation here is a trt-pipeline bug, named."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -200,9 +219,12 @@ def check_trt_rules(model, mode):
                             "supports symmetric quantization only")
 
 
-def int8_to_fp8(graph, original):
+def int8_to_fp8(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
     """Turn symmetric int8 Q/DQ into fp8 (E4M3) Q/DQ with the same clipping range: activation
-    scales * 127/448; weights re-quantized from their float originals (amax per channel / 448)."""
+    scales * 127/448; weights re-quantized from their float originals (amax per channel / 448).
+    127 is int8's symmetric maximum, 448 the largest finite float8 E4M3FN value (the ONNX
+    FLOAT8E4M3FN type; the amax / 448 scaling is what TensorRT's own FP8 tools use). Modifies
+    `graph` in place."""
     import ml_dtypes  # onnx's dependency: numpy has no float8
     f8 = ml_dtypes.float8_e4m3fn
     floats = {t.name: t for t in original.initializer}

@@ -2,13 +2,20 @@
 content, converter options and tool versions), copied into the staging directory. A cached
 source is not loaded into memory: its metadata says everything the report needs."""
 
+from __future__ import annotations
+
 import types
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trtpipe.cache.files import MODEL, copy_model
 from trtpipe.stages.run_state import ModelRef
 
+if TYPE_CHECKING:
+    from trtpipe.stages.run_state import RunState
 
-def run(state, source_path):
+
+def run(state: RunState, source_path: Path) -> tuple[types.SimpleNamespace, ModelRef]:
     """Returns (source info for the report, ModelRef of the source model)."""
     recipe, ui = state.recipe, state.ui
     src = recipe.data["source"]

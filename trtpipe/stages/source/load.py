@@ -6,12 +6,15 @@ is then checked for op types its opset does not define (tf2onnx leaves TF ops it
 in place and carries on) and by onnx.checker (trtpipe/onnx_check.py), so later stages get an
 ONNX graph, not a half-converted one.
 """
+from __future__ import annotations
+
 import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
@@ -29,7 +32,7 @@ _ONNX_HINT = ("re-export the model with ops its opset defines (or a higher opset
 class IOSpec(NamedTuple):
     name: str
     dtype: str          # numpy name ("float32"); TensorProto name when numpy has none
-    shape: list         # per dim: int, dim_param string, or None (unknown); None when rank unknown
+    shape: list | None  # per dim: int, dim_param string, or None (unknown); None when rank unknown
 
 
 @dataclass
@@ -45,8 +48,33 @@ class SourceResult:
     timings: dict = field(default_factory=dict)    # import_tf / convert / check seconds
 
 
-def load_source(source_cfg, *, locate=None, log=None):
-    """Load (or convert) the recipe's source model and check it; SourceError on anything user-caused."""
+def load_source(source_cfg: dict, *, locate: Callable[[tuple], str] | None = None,
+                log: Callable[[str], Any] | None = None) -> SourceResult:
+    """Load (or convert) the recipe's source model and check it (stage 2).
+
+    Args:
+        source_cfg: the recipe's resolved `source` section: exactly one of `onnx` (an .onnx file;
+            external data files next to it) or `saved_model` (a TF SavedModel directory, converted
+            in-process with tf2onnx as its CLI does, using `tag`, `signature`, `opset` (default
+            17), `large_model` and `tf2onnx` options).
+        locate: recipe key path -> "file:line:col", so messages point at the recipe line.
+        log: optional sink for progress and detail lines.
+
+    Returns:
+        SourceResult: `model` (onnx.ModelProto, external data loaded), `kind` ("onnx" or
+        "saved_model"), `path`, `duration_s` (seconds), `versions` (onnx; tensorflow and tf2onnx
+        for a SavedModel), `inputs` / `outputs` (IOSpec: name, numpy dtype name, dims as int,
+        symbol or None; the weights IR < 4 models also list as inputs are left out), `opset`
+        (ai.onnx) and `timings` (import_tf / convert / check, seconds).
+
+    Raises:
+        SourceError: not exactly one of `onnx:` / `saved_model:`; the path is missing (with a
+            did-you-mean), of the wrong kind, not a valid ONNX model or SavedModel, or its external
+            data is missing or unreadable; an unknown tag set, signature or tensor name;
+            TensorFlow/tf2onnx missing or an untested tf2onnx version; tf2onnx failed; the graph
+            has op types its opsets do not define (TF ops tf2onnx left unconverted included);
+            onnx.checker rejected it.
+    """
     t0 = time.perf_counter()
     timings, versions = {}, {"onnx": onnx.__version__}
     if bool(source_cfg.get("onnx")) == bool(source_cfg.get("saved_model")):
@@ -73,7 +101,7 @@ def _loc(locate, *keys):
     return f"{pos}: {'.'.join(('source', *keys))}" if pos else ".".join(("source", *keys))
 
 
-def missing_path_error(path, where):
+def missing_path_error(path: str, where: str) -> SourceError:
     """SourceError for a missing file or directory (checks.py reports it the same way)."""
     parent, base = os.path.split(path)
     if not os.path.isdir(parent):

@@ -3,10 +3,13 @@
 Why: a recipe must give byte-identical artifacts in any process (README, "Reproducible"), and
 tf2onnx on its own does not: its output depends on memory addresses and PYTHONHASHSEED.
 """
+from __future__ import annotations
+
 import contextlib
 import copy
 import itertools
 import sys
+from collections.abc import Iterator
 
 
 class _OrderedSet(dict):
@@ -111,7 +114,7 @@ class _OrderedSet(dict):
 
 
 @contextlib.contextmanager
-def deterministic_tf2onnx():
+def deterministic_tf2onnx() -> Iterator[None]:
     """Make tf2onnx's output a function of its input (same SavedModel -> same ONNX bytes).
 
     tf2onnx iterates Python sets while it rewrites and optimizes: sets of Node objects, ordered

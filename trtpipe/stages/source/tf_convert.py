@@ -5,21 +5,24 @@ Importing this module is cheap: TensorFlow and tf2onnx are imported when a conve
 (seconds). Their INFO/WARNING chatter is hidden and their errors kept; TF ops tf2onnx leaves
 unconverted are collected for the source stage's op check (trtpipe/onnx_check.py).
 """
+from __future__ import annotations
+
 import contextlib
-import functools
 import logging
 import os
 import re
 import sys
 import tempfile
 import time
-import types
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import onnx
 
 from trtpipe.errors import SourceError, did_you_mean
 from trtpipe.stages.source.tf2onnx_determinism import deterministic_tf2onnx
+from trtpipe.stages.source.tf2onnx_internals import convert_graph_def, numpy_compat
 
 # TF's C++ INFO/WARNING lines ("I0000 00:00:17.. port.cc:153] ..."): printed to fd 2 even with
 # TF_CPP_MIN_LOG_LEVEL=2 before absl is set up, with a banner; cpu_feature_guard's INFO has a 2nd line.
@@ -27,7 +30,9 @@ _TF_SPAM = re.compile(r"^([IW]\d{4} \d|WARNING: All log messages before absl::In
                       r"instructions: .*rebuild TensorFlow)")
 
 
-def convert_saved_model(path, cfg, where, log, timings, versions, large_dir):
+def convert_saved_model(path: str, cfg: dict, where: Callable[..., str], log: Callable[[str], Any] | None,
+                        timings: dict[str, float], versions: dict[str, str], large_dir: str,
+                        ) -> tuple[onnx.ModelProto, str | None, dict[str, list]]:
     """Convert the SavedModel directory `path` as the recipe's `source` section `cfg` says.
 
     `where(*keys)` names a `source.*` key's place in the recipe (for messages); `timings` gets
@@ -102,7 +107,7 @@ def _resolve(names, universe, rename, where):
 
 def _tf2onnx(tf, path, tags, cfg, where, collected):
     """What `python -m tf2onnx.convert --saved-model` does (tf2onnx 1.17 convert.main), in-process."""
-    from tf2onnx import convert, tf_loader
+    from tf2onnx import tf_loader
     large, opts, opset = cfg.get("large_model", False), cfg.get("tf2onnx") or {}, cfg.get("opset", 17)
     try:
         graph_def, ins, outs, tables, rename = tf_loader.from_saved_model(
@@ -117,14 +122,12 @@ def _tf2onnx(tf, path, tags, cfg, where, collected):
     shapes = opts.get("shape_override") or {}
     shapes = {k: [d if d is not None and d >= 0 else None for d in v]     # tf2onnx: None = unknown dim
               for k, v in zip(names("shape_override", ins, "tf2onnx"), shapes.values())}
-    if large:
-        _numpy_compat()
+    compat = numpy_compat() if large else contextlib.nullcontext()
     try:
-        with tf.device("/cpu:0"), deterministic_tf2onnx():
-            # _convert_common, as the CLI, not the public from_graph_def: that one re-freezes the graph,
-            # drops initialized_tables (hash tables then stay unconverted) and forces continue_on_error.
-            # `name` ends up in the graph's doc_string: no absolute path, so the bytes do not depend on it.
-            return convert._convert_common(
+        with tf.device("/cpu:0"), deterministic_tf2onnx(), compat:
+            # as tf2onnx's CLI converts (see tf2onnx_internals). `name` ends up in the graph's
+            # doc_string: no absolute path, so the bytes do not depend on it.
+            return convert_graph_def(
                 graph_def, name=os.path.basename(os.path.normpath(path)), continue_on_error=False, opset=opset,
                 target=opts.get("target") or None,
                 input_names=ins, output_names=outs, tensors_to_rename=rename, initialized_tables=tables,
@@ -138,17 +141,6 @@ def _tf2onnx(tf, path, tags, cfg, where, collected):
         collected.errors.clear()        # now in the message: not replayed as well
         raise SourceError(f"{where('saved_model')}: tf2onnx could not convert {path} at opset {opset}: "
                           f"{err}{context}", hint="try another `source.opset`, or change that node") from err
-
-
-def _numpy_compat():
-    """tf2onnx 1.17 calls np.product (gone in numpy 2) for large_model: give tf2onnx.graph, and only
-    it, a numpy that still has it."""
-    import numpy
-    import tf2onnx.graph
-    if not hasattr(tf2onnx.graph.np, "product"):
-        shim = types.ModuleType("numpy")
-        shim.__getattr__, shim.product = functools.partial(getattr, numpy), numpy.prod
-        tf2onnx.graph.np = shim
 
 
 def _materialize(model, storage, tmp):

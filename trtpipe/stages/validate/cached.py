@@ -2,9 +2,19 @@
 plan vs ONNX Runtime where a GPU can run it), through Polygraphy. Only passing validations are
 cached; where ONNX Runtime cannot run the final model as it is, it runs an fp32 twin."""
 
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from trtpipe.cache.files import save_model
 from trtpipe.cache.keys import ctx_state
 from trtpipe.errors import ValidationError
+
+if TYPE_CHECKING:
+    from trtpipe.registry import PassContext
+    from trtpipe.stages.run_state import ModelRef, RunState
 
 
 def _skipped(state):
@@ -15,8 +25,10 @@ def _skipped(state):
     return {"status": "skipped", "reason": "--no-validate given", "comparisons": []}
 
 
-def run(state, source, final, source_path, final_path, ctx, staging, plan_sha=None, plan_path=None):
-    """Returns the validation result (raises ValidationError when it fails)."""
+def run(state: RunState, source: types.SimpleNamespace, final: ModelRef, source_path: Path, final_path: Path,
+        ctx: PassContext, staging: Any, plan_sha: str | None = None, plan_path: Path | None = None) -> dict:
+    """Returns the validation result (raises ValidationError when it fails). `staging` is the
+    run's stages.publish.Staging (the fp32 twin of an fp16/bf16 model is written into it)."""
     recipe, ui = state.recipe, state.ui
     if not state.options.validate:
         return _skipped(state)

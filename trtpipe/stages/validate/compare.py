@@ -17,8 +17,12 @@ Tolerances follow Polygraphy's rule: an output passes when the chosen error stat
 atol OR within rtol (relative to the source's values, the reference side).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -31,6 +35,11 @@ from trtpipe.stages.validate import detections as det
 from trtpipe.stages.validate.data import apply_contract, make_source_feeds, model_io
 from trtpipe.stages.validate.data import quiet_polygraphy as _quiet
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from trtpipe.backend import Backend
+
 SOURCE, FINAL, ENGINE, POST = "source-ort", "final-ort", "engine", "postprocess-ort"
 
 
@@ -39,11 +48,53 @@ def resolve_config(validate_cfg: dict | None, mode: str = "fp32") -> dict:
     return resolve_validate(validate_cfg, mode)
 
 
-def validate_models(source_model_path, final_model_path, validate_cfg, *, precision, input_contract,
-                    output_map, postprocess, plan_path=None, backend=None, locate=None, log=None,
-                    base_dir=None, compute_capabilities=None, final_ort_path=None, final_ort_optimize=True):
-    """Compare source and final model (and engine, detections). Returns a JSON-able dict; raises
-    ValidationError (with the dict as `.result`) when a comparison fails."""
+def validate_models(source_model_path: str | Path, final_model_path: str | Path, validate_cfg: dict | None, *,
+                    precision: str | dict | None, input_contract: dict[str, dict] | None,
+                    output_map: dict[str, str] | None, postprocess: dict | None,
+                    plan_path: str | Path | None = None, backend: Backend | str | None = None,
+                    locate: Callable[[tuple], str] | None = None, log: Callable[[str], Any] | None = None,
+                    base_dir: str | Path | None = None, compute_capabilities: list[str] | None = None,
+                    final_ort_path: str | Path | None = None, final_ort_optimize: bool = True) -> dict[str, Any]:
+    """Compare source and final model (and engine, detections) on the same data (stage 5).
+
+    Both models run in ONNX Runtime through Polygraphy on `validate.data` (seeded random, .npz or
+    images), generated for the source model's inputs and fed to the final model through the input
+    contract. An output passes when its error statistic is within atol OR within rtol relative to
+    the source's values (Polygraphy's SimpleCompareFunc rule); NaN/Inf fail it when checked.
+
+    Args:
+        source_model_path: the converted source model (.onnx).
+        final_model_path: the final model (.onnx); the post-processing model is looked up next to it.
+        validate_cfg: the recipe's `validate` section (None: defaults; tolerances default by precision).
+        precision: the recipe's precision (mode name or mapping): picks default tolerances.
+        input_contract: {final input name: {"source_input", "source_dtype", "source_shape", "shape",
+            "steps"}} recorded by the passes (docs/architecture.md); None: identity.
+        output_map: {final output name: source output name} recorded by the passes.
+        postprocess: `ctx.postprocess` after `nms: split` ({"file", "inputs", "outputs", "kind"}):
+            detections are then compared by IoU matching.
+        plan_path: the serialized plan, compared engine vs final-ort where a GPU can run it.
+        backend: the Backend (or its name) to run the plan with; None: "auto".
+        locate: recipe key path -> "file:line:col", so messages point at the recipe line.
+        log: optional sink for detail lines.
+        base_dir: base directory of relative data paths (the recipe's directory).
+        compute_capabilities: the plan's TensorRT-RTX targets ("8.9", ...): the GPU must match one.
+        final_ort_path: what ONNX Runtime runs instead of the final model when it cannot run it as
+            it is (an fp16/bf16 model emulated in fp32).
+        final_ort_optimize: False turns ONNX Runtime's graph optimizations off for the final model
+            (fp8 Q/DQ would be fused into kernels ORT lacks).
+
+    Returns:
+        A JSON-able dict: `status` ("passed", "failed" or "skipped"), `reason`, `data` (what was
+        fed), `tolerances`, `comparisons` ([{name, status, reason, iterations, outputs: [{output,
+        source_output, status, reason, statistic, atol, rtol, max_abs, max_rel, value,
+        value_rel}]}], source vs final and engine vs final), and `detections` after `nms: split`.
+
+    Raises:
+        ValidationError: a comparison failed (the dict above is its `.result`); an output name in
+            `validate` that neither model has; ONNX Runtime could not run a model; the data could
+            not be read or does not fit the inputs or the input contract.
+        RecipeError: `precision` is not a valid precision value.
+    """
     precision = normalize(precision)["mode"]
     cfg = resolve_config(validate_cfg, precision)
     log = log or (lambda msg: None)
@@ -142,7 +193,8 @@ def _plan_outputs(cfg, fin_out, src_out, omap, postprocess):
             entry["reason"] = "not a source output; feeds the post-processing model (see detections)"
         else:
             entry["reason"] = (f"not compared: the source model has no output '{s}'"
-                               f"{suggest(s, src_out, cutoff=0.5)}; map it with validate.output_map if a pass renamed it")
+                               f"{suggest(s, src_out, cutoff=0.5)}; "
+                               "map it with validate.output_map if a pass renamed it")
         entries.append(entry)
     mapped = {omap.get(f, f) for f in fin_out}
     for s in src_out:
@@ -320,7 +372,7 @@ def _finish(result, where, log):
     return result
 
 
-def print_table(result, console):
+def print_table(result: dict, console: Console) -> None:
     """The validation result for a terminal: one rich table per comparison that ran."""
     from rich.table import Table
     style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}

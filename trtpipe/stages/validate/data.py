@@ -4,10 +4,18 @@ Data is always made for the *source* model's inputs (seeded random data through 
 DataLoader, an .npz file, or a folder of images), then turned into the final model's feed with
 the steps passes recorded in the input contract (docs/architecture.md "Input contract"). So the
 recipe states its preprocessing once, and both models see the same pixels.
+
+Input specs (`source_inputs`, `final_inputs`, what model_io returns) are
+{name: (numpy dtype, dims)}, a dim None when dynamic; feeds are {input name: np.ndarray}.
 """
 
+from __future__ import annotations
+
+import contextlib
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,18 +30,20 @@ _ARITH = {"mul": np.multiply, "add": np.add, "sub": np.subtract, "div": np.divid
 STEP_OPS = ("cast", "transpose", "reshape", *_ARITH)
 
 
-def quiet_polygraphy():
+def quiet_polygraphy() -> contextlib.AbstractContextManager:
     """Polygraphy logs every step at length; the validation result and table carry what matters."""
     return G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1)
 
 
-def model_io(path):
+def model_io(path: str | Path) -> tuple[OrderedDict[str, tuple[np.dtype, list[int | None]]],
+                                       OrderedDict[str, tuple[np.dtype, list[int | None]]]]:
     """(inputs, outputs) of an ONNX file, each an OrderedDict name -> (numpy dtype, [dims]);
     dynamic dims are None. Reads the graph only (no external weights)."""
     return graph_io(onnx.load(str(path), load_external_data=False).graph)
 
 
-def graph_io(graph):
+def graph_io(graph: onnx.GraphProto) -> tuple[OrderedDict[str, tuple[np.dtype, list[int | None]]],
+                                             OrderedDict[str, tuple[np.dtype, list[int | None]]]]:
     """(inputs, outputs) of a GraphProto, as model_io; initializers listed as inputs are skipped."""
     inits = {i.name for i in graph.initializer}
 
@@ -50,7 +60,7 @@ def graph_io(graph):
     return info(graph.input), info(graph.output)
 
 
-def default_range(dtype):
+def default_range(dtype: np.dtype) -> tuple[float, float]:
     """Value range used when the recipe gives none: full range for 8-bit images, else Polygraphy's [0, 1]."""
     if dtype == np.uint8:
         return (0, 255)
@@ -88,8 +98,16 @@ def _data_shape(name, dims, override, contract):
     return shape if all(static(d) for d in shape) else None
 
 
-def make_source_feeds(data_cfg, source_inputs, contract, *, base_dir=None, locate=None):
-    """List of feed dicts for the source model, plus a JSON-able description of the data."""
+def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, list[int | None]]],
+                      contract: dict[str, dict], *, base_dir: str | Path | None = None,
+                      locate: Callable[[tuple], str] | None = None,
+                      ) -> tuple[list[OrderedDict[str, np.ndarray]], dict[str, Any]]:
+    """List of feed dicts for the source model, plus a JSON-able description of the data.
+
+    Raises:
+        ValidationError: a data key names no source input; no static shape is known for a
+            dynamic input; the .npz or images cannot be read or do not fit the inputs.
+    """
     loc = (lambda *p: locate(("validate", "data") + p) + ": ") if locate else (lambda *p: "")
     per_input = {}
     for key, spec in (data_cfg.get("inputs") or {}).items():
@@ -152,7 +170,7 @@ def _load_npz(path, source_inputs, where):
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValidationError(f"{where}validate.data.npz: cannot read {path}: {err}")
+        raise ValidationError(f"{where}validate.data.npz: cannot read {path}: {err}") from err
     with archive:
         arrays = {k: archive[k] for k in archive.files}
     extra = [k for k in arrays if k not in source_inputs]
@@ -206,9 +224,10 @@ def _load_images(cfg, base, source_inputs, shapes, where):
             img = _decode(path, size, channels)                  # float32 HWC, values 0..255
         except ImportError as err:
             raise ValidationError(f"{where}validate.data.images: decoding images needs Pillow or TensorFlow "
-                                  f"({err}); pip install pillow")
+                                  f"({err}); pip install pillow") from err
         except Exception as err:  # a corrupt or unsupported file: name it
-            raise ValidationError(f"{where}validate.data.images: cannot decode {path}: {type(err).__name__}: {err}")
+            raise ValidationError(f"{where}validate.data.images: cannot decode {path}: "
+                                  f"{type(err).__name__}: {err}") from err
         if channels == 3 and cfg.get("channel_order", "RGB") == "BGR":
             img = img[..., ::-1]
         img = img * np.float32(cfg.get("scale", 1.0))
@@ -237,12 +256,19 @@ def _decode(path, size, channels):
     return arr[..., None] if channels == 1 else arr
 
 
-def apply_contract(source_feed, contract, final_inputs):
-    """The final model's feed: each final input is its source input with the contract's steps applied."""
+def apply_contract(source_feed: dict[str, np.ndarray], contract: dict[str, dict],
+                   final_inputs: dict[str, tuple[np.dtype, list[int | None]]]) -> OrderedDict[str, np.ndarray]:
+    """The final model's feed: each final input is its source input with the contract's steps applied.
+
+    Raises:
+        ValidationError: the contract and the final model's inputs disagree (names, dtype, shape),
+            or a step cannot be applied.
+    """
     unknown = [n for n in contract if n not in final_inputs]
     if unknown:
         raise ValidationError(f"the input contract names {unknown}, which are not inputs of the final model "
-                              f"{list(final_inputs)}{suggest(unknown[0], final_inputs, cutoff=0.5)}; a pass renamed an input "
+                              f"{list(final_inputs)}{suggest(unknown[0], final_inputs, cutoff=0.5)}; "
+                              f"a pass renamed an input "
                               f"without moving its contract entry")
     feed = OrderedDict()
     for name, (dtype, dims) in final_inputs.items():
@@ -290,5 +316,6 @@ def _apply_step(arr, step, where):
                 value = value.reshape([-1 if d == axis else 1 for d in range(arr.ndim)])
             return _ARITH[op](arr, value)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValidationError(f"{where}: {type(err).__name__}: {err}")
-    raise ValidationError(f"{where}: unknown op {op!r}; known: {', '.join(STEP_OPS)}{suggest(op, STEP_OPS, cutoff=0.5)}")
+        raise ValidationError(f"{where}: {type(err).__name__}: {err}") from err
+    raise ValidationError(f"{where}: unknown op {op!r}; known: {', '.join(STEP_OPS)}"
+                          f"{suggest(op, STEP_OPS, cutoff=0.5)}")

@@ -12,6 +12,11 @@ Unmatched detections that sit at a cut-off are "borderline", not failures: those
 higher than the other side's lowest kept score plus `score_atol` (a top-K tie that fell off).
 """
 
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
 import numpy as np
 
 from trtpipe.errors import ValidationError
@@ -20,7 +25,7 @@ ROLES = ("boxes", "scores", "classes", "num_detections")
 _HINTS = {"boxes": "box", "scores": "score", "classes": "class", "num_detections": "num"}
 
 
-def detection_roles(names, cfg):
+def detection_roles(names: Collection[str], cfg: dict) -> dict[str, str]:
     """role -> output name among `names` (source output names): from the recipe, else by name."""
     roles = {}
     for role in ROLES:
@@ -58,7 +63,7 @@ def _per_image(arrays, roles, min_score):
     return out
 
 
-def iou(a, b):
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix [len(a), len(b)] of corner boxes (either (y1,x1,y2,x2) or (x1,y1,x2,y2))."""
     lo = np.maximum(a[:, None, :2], b[None, :, :2])
     hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
@@ -70,9 +75,12 @@ def iou(a, b):
     return np.where(union > 0, inter / np.where(union > 0, union, 1), same.astype(np.float64))
 
 
-def match(ref, cand, iou_threshold):
+def match(ref: tuple[np.ndarray, np.ndarray, np.ndarray | None, int],
+          cand: tuple[np.ndarray, np.ndarray, np.ndarray | None, int],
+          iou_threshold: float) -> list[tuple[int, int, float]]:
     """Greedy matching, highest reference score first: among unmatched candidates with IoU >= the
-    threshold prefer the same class, then the highest IoU. Returns [(ref_i, cand_j, iou)]."""
+    threshold prefer the same class, then the highest IoU. Returns [(ref_i, cand_j, iou)].
+    `ref` / `cand`: one image's (boxes [n, 4], scores [n], classes [n] or None, capacity K)."""
     rboxes, rscores, rclasses, _ = ref
     cboxes, _, cclasses, _ = cand
     overlaps = iou(rboxes, cboxes)
@@ -101,7 +109,8 @@ def _borderline(scores, other, min_score, score_atol):
     return edge
 
 
-def compare_detections(ref_iterations, cand_iterations, roles, cfg):
+def compare_detections(ref_iterations: list[dict[str, np.ndarray]], cand_iterations: list[dict[str, np.ndarray]],
+                       roles: dict[str, str], cfg: dict) -> dict[str, Any]:
     """Compare per-iteration dicts {output name: array} (reference = source). Returns a JSON-able
     summary with "status" and "reason"."""
     thr, score_atol = cfg["iou_threshold"], cfg["score_atol"]

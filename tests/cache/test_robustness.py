@@ -15,8 +15,8 @@ import sys
 import threading
 
 import pytest
-from conftest import REPO, make_conv_model, write_recipe
 
+from tests.helpers import REPO, make_conv_model, write_recipe
 from trtpipe import cache
 
 PIPELINE = str(REPO / "pipeline.py")
@@ -135,6 +135,7 @@ def test_four_concurrent_runs(tiny_recipe, tiny_reference, tmp_path):
     assert not list((cache_dir / "tmp").iterdir())
 
 
+@pytest.mark.slow
 def test_effdet_cold_runs_are_byte_identical_and_survive_a_kill_in_conversion(tmp_path):
     """Two cold runs in separate processes with different PYTHONHASHSEED and separate empty caches
     give the same ONNX and plan bytes; the first is SIGKILLed during conversion, then re-run."""

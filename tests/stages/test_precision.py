@@ -259,6 +259,7 @@ def _box_head(model):
     return sorted(n.name for n in model.graph.node if n.op_type == "Conv" and "box_net/predict" in n.name)
 
 
+@pytest.mark.slow
 def test_detector_fp16_keep_nodes(detector, det_feeds, build):
     cfg = {"mode": "fp16", "keep_nodes": ["*box_net/predict*"]}
     out, stats = apply_precision(detector, cfg, compute_capabilities=["8.9"], data_feeds=det_feeds)
@@ -271,6 +272,7 @@ def test_detector_fp16_keep_nodes(detector, det_feeds, build):
     assert len(build(out, "det_fp16").plan) > 0
 
 
+@pytest.mark.slow
 def test_detector_fp16_io_types(detector, det_feeds, build):
     out, stats = apply_precision(detector, {"mode": "fp16", "keep_io_types": False}, compute_capabilities=["8.9"],
                                  data_feeds=det_feeds)
@@ -283,6 +285,7 @@ def test_detector_fp16_io_types(detector, det_feeds, build):
     assert len(build(out, "det_fp16_io").plan) > 0
 
 
+@pytest.mark.slow
 def test_detector_fp16_overflow_guard(detector):
     """Inputs 100x out of range: the box decoder's exp() leaves fp16's range; the guard keeps it."""
     feeds = feeds_for(detector, 1, scale=100.0)
@@ -298,6 +301,7 @@ def test_detector_fp16_overflow_guard(detector):
         assert np.isfinite(got).all() and np.median(rel) < 0.01 and rel.max() < 0.5
 
 
+@pytest.mark.slow
 def test_detector_bf16(detector, det_feeds, build):
     out, stats = apply_precision(detector, "bf16", compute_capabilities=["8.9", "12.0"], data_feeds=det_feeds)
     assert stats["initializers"]["bf16"] > 50 and stats["casts"]["fp32->bf16"] >= 1
@@ -306,6 +310,7 @@ def test_detector_bf16(detector, det_feeds, build):
     assert len(build(out, "det_bf16").plan) > 0
 
 
+@pytest.mark.slow
 def test_detector_int8_exclusions(detector, det_feeds, build):
     cfg = {"mode": "int8", "exclude_nodes": ["*/class_net/conv0*"], "method": "percentile"}
     before = detector.SerializeToString()
@@ -332,6 +337,7 @@ def test_detector_int8_exclusions(detector, det_feeds, build):
     assert len(build(out, "det_int8").plan) > 0
 
 
+@pytest.mark.slow
 def test_detector_fp8_builds_for_ada(detector, det_feeds, build):
     cfg = {"mode": "fp8", "quantize_depthwise": True}
     out, stats = apply_precision(detector, cfg, compute_capabilities=["8.9", "12.0"], data_feeds=det_feeds)
@@ -344,6 +350,7 @@ def test_detector_fp8_builds_for_ada(detector, det_feeds, build):
     assert len(build(out, "det_fp8").plan) > 0
 
 
+@pytest.mark.slow
 def test_calibration_npz_and_errors(detector, tmp_path):
     name = detector.graph.input[0].name
     data = np.random.default_rng(3).uniform(0, 1, (3, 1, 3, DET_SIZE, DET_SIZE)).astype(np.float32)

@@ -6,9 +6,9 @@ import pathlib
 import numpy as np
 import onnx
 import pytest
-from conftest import make_conv_model, write_recipe
 from onnx import TensorProto, helper
 
+from tests.helpers import make_conv_model, write_recipe
 from trtpipe import errors
 
 HEADER = "# yaml-language-server: $schema=../schemas/recipe.schema.json\n"
@@ -49,6 +49,12 @@ CASES = {
                            errors.EXIT_RECIPE, ["passes[0].params.toposrt", "did you mean 'toposort'"]),
     "bad_workspace_unit": (BASE + "build:\n  workspace: 2 gigs\n", errors.EXIT_RECIPE,
                            ["r.yaml:8:3", "build.workspace", "2GiB", "'2 gigs'"]),
+    "zero_workspace": (BASE + "build:\n  workspace: 0GiB\n", errors.EXIT_RECIPE,
+                       ["r.yaml:8:3", "build.workspace", "'0GiB' is 0 bytes", "at least 1 byte"]),
+    "precision_option_of_another_mode": (BASE + "precision: {mode: fp16, method: entropy}\n", errors.EXIT_RECIPE,
+                                         ["r.yaml:7:", "precision.method applies to int8 and fp8, not to mode fp16"]),
+    "int8_distribution": (BASE + "precision: {mode: int8, method: distribution}\n", errors.EXIT_RECIPE,
+                          ["r.yaml:7:", "'distribution' is ONNX Runtime's float8 calibrator"]),
     "profile_min_gt_max": (BASE + "build:\n  profiles:\n    - name: p\n      inputs:\n"
                            "        x: {min: [4, 3, 8, 8], opt: [2, 3, 8, 8], max: [1, 3, 8, 8]}\n",
                            errors.EXIT_RECIPE, ["r.yaml:11:9", "min <= opt <= max", "dimension 0"]),
@@ -138,7 +144,8 @@ def test_nms_has_no_runner_on_rtx(tmp_path, run_cli):
               helper.make_tensor_value_info("scores", f, [1, 3, 20])],
         [helper.make_tensor_value_info("sel", i64, None)],
         [onnx.numpy_helper.from_array(np.array([5], np.int64), "k")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(tmp_path / "tiny.onnx"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+              str(tmp_path / "tiny.onnx"))
     got, _, err = run_cli(recipe(tmp_path, BASE), "--no-validate")
     assert got == errors.EXIT_BUILD
     assert "NonMaxSuppression" in err and "the_nms" in err

@@ -1,5 +1,6 @@
 """trtpipe.source: ONNX files and SavedModels (real tf2onnx, no mocks)."""
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from trtpipe.errors import SourceError
 from trtpipe.stages.source.load import load_source
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 def locate(path):
@@ -57,6 +58,7 @@ def saved_models(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------- SavedModel
 
+@pytest.mark.slow
 def test_keras_saved_model_converts_and_matches_tf(saved_models, capfd):
     capfd.readouterr()
     res = load_source({"saved_model": saved_models["keras"], "opset": 17})
@@ -70,6 +72,7 @@ def test_keras_saved_model_converts_and_matches_tf(saved_models, capfd):
     assert "WARNING:tensorflow" not in err and "I0000" not in err     # TF chatter silenced
 
 
+@pytest.mark.slow
 def test_large_model_nchw_and_shape_override(saved_models):
     cfg = {"saved_model": saved_models["keras"], "large_model": True,
            "tf2onnx": {"inputs_as_nchw": ["image"], "shape_override": {"image": [2, 16, 16, 3]}}}
@@ -79,6 +82,7 @@ def test_large_model_nchw_and_shape_override(saved_models):
     np.testing.assert_allclose(got, saved_models["expected"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_unconvertible_tf_ops_are_listed(saved_models):
     with pytest.raises(SourceError) as exc:
         load_source({"saved_model": saved_models["bits"], "opset": 17}, locate=locate)
@@ -89,6 +93,7 @@ def test_unconvertible_tf_ops_are_listed(saved_models):
     assert exc.value.exit_code == 4
 
 
+@pytest.mark.slow
 def test_signature_and_output_subset(saved_models):
     res = load_source({"saved_model": saved_models["bits"], "signature": "arith", "outputs": ["plus_one"]})
     assert [o.name for o in res.outputs] == ["plus_one"]
@@ -96,6 +101,7 @@ def test_signature_and_output_subset(saved_models):
     np.testing.assert_allclose(run_ort(res.model, {"x": x})[0], x + 1)
 
 
+@pytest.mark.slow
 def test_unknown_signature_lists_available(saved_models):
     with pytest.raises(SourceError) as exc:
         load_source({"saved_model": saved_models["keras"], "signature": "serving_defualt"}, locate=locate)
@@ -104,6 +110,7 @@ def test_unknown_signature_lists_available(saved_models):
     assert "available: serve, serving_default" in msg and "did you mean 'serving_default'" in msg
 
 
+@pytest.mark.slow
 def test_unknown_tag_and_input_name(saved_models):
     with pytest.raises(SourceError, match=r"tag set 'gpu'.*available: 'serve'"):
         load_source({"saved_model": saved_models["keras"], "tag": "gpu"})
@@ -111,6 +118,7 @@ def test_unknown_tag_and_input_name(saved_models):
         load_source({"saved_model": saved_models["keras"], "inputs": ["imag"]})
 
 
+@pytest.mark.slow
 def test_saved_model_dir_missing_or_not_a_saved_model(saved_models, tmp_path):
     with pytest.raises(SourceError) as exc:
         load_source({"saved_model": saved_models["keras"] + "x"}, locate=locate)
@@ -131,7 +139,7 @@ def test_onnx_light_models_load(name):
 
 
 def test_onnx_does_not_import_tensorflow():
-    code = ("import sys; from trtpipe.source import load_source; "
+    code = ("import sys; from trtpipe.stages.source.load import load_source; "
             f"load_source({{'onnx': {os.path.join(LIGHT, 'light_resnet50.onnx')!r}}}); "
             "assert 'tensorflow' not in sys.modules and 'tf2onnx' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

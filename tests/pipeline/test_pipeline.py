@@ -7,8 +7,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO, write_recipe
 
+from tests.helpers import REPO, write_recipe
 from trtpipe import registry
 
 
@@ -40,6 +40,7 @@ def keras_savedmodel(tmp_path_factory):
     return path, x, model(x).numpy()
 
 
+@pytest.mark.slow
 def test_keras_savedmodel_converts_and_builds(keras_savedmodel, tmp_path, run_cli):
     path, _, _ = keras_savedmodel
     recipe = write_recipe(tmp_path / "keras.yaml", f"""
@@ -87,12 +88,13 @@ def test_help_lists_commands_and_exit_codes(capsys):
 def test_third_party_pass_through_entry_point(tmp_path, monkeypatch):
     site = tmp_path / "site"
     (site / "acme_passes-1.0.dist-info").mkdir(parents=True)
-    (site / "acme_passes-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-passes\nVersion: 1.0\n")
+    (site / "acme_passes-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: acme-passes\nVersion: 1.0\n")
     (site / "acme_passes-1.0.dist-info" / "entry_points.txt").write_text(
         "[trt_pipeline.passes]\nacme_noop = acme_passes\n")
     (site / "acme_passes.py").write_text(textwrap.dedent('''
         """Acme's pass package."""
-        from trtpipe.registry import register_pass
+        from trtpipe import register_pass
 
         @register_pass("acme_noop", schema={"type": "object", "additionalProperties": False,
                                             "properties": {"level": {"type": "integer", "default": 1}}})

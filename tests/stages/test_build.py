@@ -210,7 +210,8 @@ def test_parser_error_message_is_readable(rtx, tmp_path):
 
 def test_missing_plugin_library_is_named(rtx, tmp_path):
     path = conv_model(tmp_path, batch=1)
-    with pytest.raises(BuildError, match=r"recipe.yaml:30:7: build.plugins\[0\]: plugin library .*nope.so does not exist"):
+    message = r"recipe.yaml:30:7: build.plugins\[0\]: plugin library .*nope.so does not exist"
+    with pytest.raises(BuildError, match=message):
         build_plan(path, {"plugins": [str(tmp_path / "nope.so")]}, rtx, locate=lambda p: "recipe.yaml:30:7")
 
 

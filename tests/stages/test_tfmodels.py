@@ -5,10 +5,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-try:
-    from tests import tfmodels
-except ImportError:  # tests/ on sys.path (pytest rootdir-less "prepend" import mode)
-    import tfmodels
+from tests import tfmodels
+
+pytestmark = pytest.mark.slow  # every test here converts a TensorFlow model
 
 NUM_CLASSES = tfmodels.SMALL["num_classes"]
 

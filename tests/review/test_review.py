@@ -24,7 +24,7 @@ from trtpipe.review import diff as recipe_diff
 from trtpipe.review import explain as explain_mod
 from trtpipe.review.fmt import format_text
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 FIXTURES = REPO / "tests" / "fixtures" / "recipes"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.yaml"))
@@ -110,7 +110,7 @@ def test_check_real_recipes(run_cli, in_repo):
             assert f"ok recipes/{path.name}" in out
     if _rtx_only():
         assert code == 3
-        assert ("recipes/effdet-tensorrt.yaml:35:5: passes[3] nms: mode efficient_nms needs the "
+        assert ("recipes/effdet-tensorrt.yaml:34:5: passes[3] nms: mode efficient_nms needs the "
                 "EfficientNMS_TRT plugin") in err
         assert "`auto` resolves to tensorrt_rtx" in err
         assert "checked 5 recipe(s): 4 ok, 1 with problems" in err
@@ -139,7 +139,7 @@ def test_check_warn_backend_only_softens_machine_dependent_problems(run_cli, in_
         pytest.skip("needs TensorRT-RTX as the only backend")
     code, out, err = run_cli("check", "--warn-backend", "recipes")
     assert code == 0, err
-    assert "warning (--warn-backend): recipes/effdet-tensorrt.yaml:35:5: passes[3] nms" in err
+    assert "warning (--warn-backend): recipes/effdet-tensorrt.yaml:34:5: passes[3] nms" in err
     assert "ok recipes/effdet-tensorrt.yaml (tensorrt_rtx 1.7.1; 1 backend warning(s))" in out
     # a recipe pinned to tensorrt_rtx fails everywhere TensorRT-RTX is what it names: still an error
     code, _, err = run_cli("check", "--warn-backend", _rel(FIXTURES / "efficient_nms_on_rtx.yaml"))
@@ -382,7 +382,8 @@ def test_diff_ignores_comments_key_order_formatting_and_explicit_defaults(run_cl
 def test_diff_moved_pass_param_change_and_build(run_cli, tmp_path):
     text = EFFDET.read_text()
     new = text.replace("  - pass: fold_constants\n", "")
-    new = new.replace("  - pass: fix_resize\n", "  - pass: fix_resize\n  - pass: fold_constants\n    params: {max_rounds: 10}\n")
+    new = new.replace("  - pass: fix_resize\n",
+                      "  - pass: fix_resize\n  - pass: fold_constants\n    params: {max_rounds: 10}\n")
     new = new.replace("      mode: split\n", "      mode: split\n      background_class: 0\n")
     new = new.replace("workspace: 2GiB", "workspace: 4GiB")
     out = _diff(run_cli, text, new, tmp_path)
@@ -429,7 +430,8 @@ def test_diff_added_removed_disabled_and_documentation_only(run_cli, tmp_path):
 
 def test_diff_source_precision_validate_and_output(run_cli, tmp_path):
     text = EFFDET.read_text()
-    new = text.replace("opset: 17", "opset: 16").replace("precision: fp16", "precision: {mode: int8, method: percentile}")
+    new = text.replace("opset: 17", "opset: 16")
+    new = new.replace("precision: fp16", "precision: {mode: int8, method: percentile}")
     new = new.replace("    seed: 7", "    seed: 8").replace("name: effdet\n", "name: effdet2\n")
     out = _diff(run_cli, text, new, tmp_path)
     lines = out.splitlines()
@@ -566,7 +568,7 @@ def test_explain_disabled_pass_and_problems(run_cli, in_repo, tmp_path):
     assert re.search(r"passes\[2\]\s+skipped\s+fix_resize: .*\[disabled: skipped\]", out)
     if _rtx_only():
         assert "problems (`python pipeline.py check` reports them; a run stops at them):" in out
-        assert f"{path}:36:5: passes[3] nms: mode efficient_nms needs the EfficientNMS_TRT plugin" in out
+        assert f"{path}:35:5: passes[3] nms: mode efficient_nms needs the EfficientNMS_TRT plugin" in out
 
 
 def test_explain_broken_recipe_gives_the_runs_message(run_cli, in_repo):
@@ -602,7 +604,8 @@ def test_docs_content_and_stale_detection(run_cli, monkeypatch):
     assert run_cli("docs", "--check")[0] == 0
     real = review.generated_docs
     monkeypatch.setattr(review, "generated_docs",
-                        lambda: {p: t + "\nnew schema text\n" if p.name == "passes.md" else t for p, t in real().items()})
+                        lambda: {p: t + "\nnew schema text\n" if p.name == "passes.md" else t
+                                 for p, t in real().items()})
     code, _, err = run_cli("docs", "--check")
     assert code == 3 and "docs/passes.md is stale" in err
 

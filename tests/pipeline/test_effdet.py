@@ -7,12 +7,14 @@ import shutil
 import jsonschema
 import onnx
 import pytest
-from conftest import REPO
 
+from tests.helpers import REPO
 from trtpipe import errors
 from trtpipe.backend import resolve_backend
 from trtpipe.recipe.load import load_recipe
 from trtpipe.stages.build.plan import build_plan
+
+pytestmark = pytest.mark.slow  # every test here converts a TensorFlow model
 
 BUILD = {"backend": "auto", "workspace_bytes": 1 << 30, "compute_capabilities": ["8.9"],
          "optimization_level": 3, "profiles": [], "plugins": [], "timing_cache": None}

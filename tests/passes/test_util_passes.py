@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.helpers import ort_run, run_passes
+from tests.helpers import convert_function, ort_run, run_passes
 from trtpipe import registry
 from trtpipe.errors import PassError
 from trtpipe.recipe.schema import load_schema
@@ -66,11 +66,10 @@ def tf():
 
 
 @pytest.fixture(scope="module")
-def detector(tf):
+def detector(tf, tmp_path_factory):
     """A batch-1 detection head as tf2onnx converts it: Reshapes with the batch baked in
     ([1, -1, 4] and [1, 192, 3]), a constant [1, 192, 1] concatenated on axis 2, and an Identity
     that tf2onnx keeps because one tensor is returned under two names."""
-    import tf2onnx
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((3, 3, 3, 8)) * 0.3).astype(np.float32)
     w2 = (rng.standard_normal((3, 3, 8, 8)) * 0.2).astype(np.float32)
@@ -89,8 +88,7 @@ def detector(tf):
         return {"raw_boxes": boxes, "raw_scores": scores, "padded_boxes": padded,
                 "gated_scores": gated, "features": feat, "features_copy": feat}
 
-    model, _ = tf2onnx.convert.from_function(head, input_signature=head.input_signature, opset=17)
-    return model
+    return convert_function(head, tmp_path_factory.mktemp("detector") / "saved_model")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +99,7 @@ def images():
 @pytest.fixture(scope="module")
 def tfod(tf, tmp_path_factory):
     """The TF-OD-style demo (preprocessing Loop, combined NMS) converted with tf2onnx."""
-    import tfmodels
+    from tests import tfmodels
     path = tfmodels.demo(tmp_path_factory.mktemp("tfod") / "saved_model")
     return tfmodels.convert(path), {"input_tensor": tfmodels.sample_image(128, 128)}
 
@@ -122,6 +120,7 @@ def test_schema_strict_and_documented(name):
 
 # -- set_outputs ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_set_outputs_cuts_tfod_at_raw_tensors(tfod):
     model, feeds = tfod
     raw = ["raw_detection_boxes", "raw_detection_scores"]
@@ -179,6 +178,7 @@ def test_set_outputs_extracts_light_resnet50_middle():
     np.testing.assert_allclose(got[end], ref[end], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_set_outputs_errors(detector):
     with pytest.raises(PassError, match="did you mean 'raw_boxes'"):
         run_pass("set_outputs", detector, {"outputs": ["raw_boxs"]})
@@ -191,6 +191,7 @@ def test_set_outputs_errors(detector):
 
 # -- rename --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rename_updates_contract_and_output_map(detector, images):
     node = next(n.name for n in detector.graph.node if n.op_type == "Sigmoid")
     out, ctx = run_pass("rename", detector, {
@@ -208,6 +209,7 @@ def test_rename_updates_contract_and_output_map(detector, images):
     np.testing.assert_array_equal(after["scores"], before["raw_scores"])
 
 
+@pytest.mark.slow
 def test_rename_swap_and_collisions(detector, images):
     out, ctx = run_pass("rename", detector, {"tensors": {"raw_boxes": "raw_scores",
                                                          "raw_scores": "raw_boxes"}})
@@ -224,6 +226,7 @@ def test_rename_swap_and_collisions(detector, images):
 
 # -- remove_nodes --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_remove_identity_after_cut_keeps_numerics(detector, images):
     """tf2onnx keeps an Identity to return one tensor under two names; once the cut drops one
     name the Identity is dead weight that remove_nodes bypasses, keeping the output's name."""
@@ -240,6 +243,7 @@ def test_remove_identity_after_cut_keeps_numerics(detector, images):
         np.testing.assert_array_equal(after[name], before[name])
 
 
+@pytest.mark.slow
 def test_remove_identity_that_copies_an_output_is_refused(detector):
     with pytest.raises(PassError, match="drop one of the outputs first"):
         run_pass("remove_nodes", detector, {"ops": ["Identity"]})
@@ -254,6 +258,7 @@ def test_remove_dropout_from_light_squeezenet():
     np.testing.assert_allclose(ort_run(out, feeds)[name], ort_run(model, feeds)[name], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_remove_nodes_refuses_to_break_graph_unless_replaced(detector, images):
     mul = next(n for n in detector.graph.node if n.op_type == "Mul" and "gated_scores" in n.output)
     with pytest.raises(PassError, match="2 non-constant input.*`replacements`"):
@@ -278,6 +283,7 @@ def test_remove_nodes_refuses_to_break_graph_unless_replaced(detector, images):
 
 # -- reshape_helpers -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unsqueeze_tfod_boxes_for_nms_plugin(tfod):
     """[B, N, 4] -> [B, N, 1, 4], what BatchedNMS/EfficientNMS plugins read."""
     model, feeds = tfod
@@ -295,6 +301,7 @@ def test_unsqueeze_tfod_boxes_for_nms_plugin(tfod):
     np.testing.assert_array_equal(after[new][:, :, 0], before["raw_detection_boxes"])
 
 
+@pytest.mark.slow
 def test_reshape_helpers_named_consumers_and_round_trip(detector, images):
     """Only the listed consumer reads the new tensor; an unsqueeze + squeeze round trip on a
     graph output replaces the output and keeps its values."""
@@ -314,6 +321,7 @@ def test_reshape_helpers_named_consumers_and_round_trip(detector, images):
         np.testing.assert_array_equal(after["padded" if name == "padded_boxes" else name], value)
 
 
+@pytest.mark.slow
 def test_reshape_helpers_errors(detector):
     with pytest.raises(PassError, match=r"dimension\(s\) 1 \(size 192\) are not 1"):
         run_pass("reshape_helpers", detector, {"tensor": "raw_boxes", "op": "squeeze", "axes": [1]})
@@ -349,6 +357,7 @@ def build_rtx(model, name, lo, opt, hi):
     return plan
 
 
+@pytest.mark.slow
 def test_dynamic_batch_tf2onnx_detector(detector, images):
     out, ctx = run_pass("dynamic_batch", detector)
     assert tensor_shape(out, "images") == ["batch", 32, 32, 3]
@@ -373,6 +382,7 @@ def test_dynamic_batch_tf2onnx_detector(detector, images):
     build_rtx(out, "images", (1, 32, 32, 3), (2, 32, 32, 3), (4, 32, 32, 3))
 
 
+@pytest.mark.slow
 def test_dynamic_batch_tfod(tfod, tfod_network):
     """TF-OD export at batch 1: the heads' Reshapes are [1, -1, 4] constants and the map_fn Loop
     runs a constant 1 iteration. With the Loop in place the pass reports it; on the network
@@ -431,15 +441,13 @@ def test_dynamic_batch_expand_tile_constantofshape():
         np.testing.assert_array_equal(got[i:i + 1], ort_run(model, {"x": data[i:i + 1]})["y"])
 
 
-def test_dynamic_batch_reports_what_it_cannot_rewrite(tf):
-    import tf2onnx
-
+@pytest.mark.slow
+def test_dynamic_batch_reports_what_it_cannot_rewrite(tf, tmp_path):
     @tf.function(input_signature=[tf.TensorSpec([1, 8, 3], tf.float32, "x")])
     def per_image(x):
         return {"flat": tf.reshape(x * 2.0, [8, 3])}  # batch folded into dim 0: batch-1 only
 
-    model, _ = tf2onnx.convert.from_function(per_image, input_signature=per_image.input_signature,
-                                             opset=17)
+    model = convert_function(per_image, tmp_path / "saved_model")
     out, ctx = run_pass("dynamic_batch", model)
     log = "\n".join(ctx.notes)
     assert "could not rewrite" in log and "puts the batch elsewhere" in log
@@ -474,6 +482,7 @@ def test_sanitize_tfod_network(tfod_network):
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sanitize_tfod_cut_with_preprocessing_loop(tfod):
     model, feeds = tfod
     cut, ctx = run_pass("set_outputs", model, {"outputs": ["raw_detection_boxes",

@@ -484,7 +484,8 @@ def effdet(tmp_path_factory):
     """Source: the converted demo (uint8 [1, ?, ?, 3], preprocessing Loop, NMS). Final: cut at the
     raw outputs; post-processing: the source's own NMS part, as `nms: split` leaves it."""
     import onnx_graphsurgeon as gs
-    import tfmodels
+
+    from tests import tfmodels
     root = tmp_path_factory.mktemp("effdet")
     src = root / "src.onnx"
     onnx.save(tfmodels.convert(tfmodels.demo(root / "saved_model")), str(src))

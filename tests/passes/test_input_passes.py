@@ -20,6 +20,8 @@ from trtpipe import registry
 from trtpipe.errors import PassError
 from trtpipe.recipe.schema import fill_defaults, schema_errors
 
+pytestmark = pytest.mark.slow  # every test here converts a TensorFlow model
+
 SIZE = tfmodels.SMALL["image_size"]
 RAW = ["raw_detection_boxes", "raw_detection_scores"]
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # what the demo uses
