@@ -1,39 +1,13 @@
-"""Shared fixtures: small real models and an in-process CLI runner."""
+"""Shared fixtures: the tests' own stage cache, an in-process CLI runner, the TensorRT-RTX backend,
+a tiny ONNX model. Helper functions live in tests/helpers.py."""
 
 import os
-import pathlib
-import textwrap
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import make_conv_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-REPO = pathlib.Path(__file__).resolve().parent.parent
-LIGHT = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-
-
-def make_conv_model(path, batch=1, dynamic_batch=False, extra_nodes=(), extra_outputs=(), opset=17):
-    """x[N,3,8,8] -> Conv(4 filters) -> Relu -> y; deterministic weights."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
-    n = "N" if dynamic_batch else batch
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["y"], name="relu"), *extra_nodes]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 4, 8, 8]), *extra_outputs], [w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    onnx.save(model, str(path))
-    return path
-
-
-def write_recipe(path, body):
-    path = pathlib.Path(path)
-    path.write_text(textwrap.dedent(body).lstrip())
-    return path
 
 
 @pytest.fixture(autouse=True, scope="session")

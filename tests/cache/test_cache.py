@@ -1,6 +1,7 @@
 """Stage cache: what a re-run reuses, what an edit re-runs, corrupt and failed entries, --force /
 --from, `cache info|prune`, stage_status for explain, models with external data."""
 
+import hashlib
 import json
 
 import onnx
@@ -105,7 +106,8 @@ def test_build_settings_edit_runs_only_the_build(tiny, tmp_path, run_cli, monkey
     assert code == 0, err
     st = statuses(report(tmp_path))
     assert st.pop("build") == "ran" and set(st.values()) == {"cached"}
-    assert (tmp_path / "out" / "tiny.plan").stat().st_size > 0
+    published = (tmp_path / "out" / "tiny.plan").read_bytes()
+    assert report(tmp_path)["artifacts"]["tiny.plan"]["sha256"] == hashlib.sha256(published).hexdigest()
 
 
 def test_pass_parameter_edit_reruns_that_pass(tiny, tmp_path, run_cli):

@@ -24,10 +24,10 @@ from importlib import metadata
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests import helpers
 from trtpipe.errors import RecipeError
 from trtpipe.stages.precision.mixed import apply_precision, emulate_in_fp32, normalize
 
@@ -134,6 +134,24 @@ def detector(request, tmp_path_factory):
     return model
 
 
+def engine_io(result):
+    """{tensor name: dtype} of the built network's inputs and outputs, as TensorRT reports them."""
+    return {t["name"]: t["dtype"] for t in result.inputs + result.outputs}
+
+
+def graph_io(model):
+    """{tensor name: numpy dtype name} of an ONNX model's inputs and outputs."""
+    weights = {t.name for t in model.graph.initializer}
+    return {v.name: helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+            for v in list(model.graph.input) + list(model.graph.output) if v.name not in weights}
+
+
+def assert_built_as_typed(result, model):
+    """A strongly typed build keeps the graph's I/O names and types (fp32 I/O stays fp32, fp16 I/O
+    becomes fp16 bindings): the plan was built from this graph as written."""
+    assert engine_io(result) == graph_io(model)
+
+
 def feeds_for(model, n, scale=1.0, seed=0):
     inp = model.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
@@ -142,11 +160,8 @@ def feeds_for(model, n, scale=1.0, seed=0):
 
 
 def ort_run(model, feed, optimize=True):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not optimize:  # ORT fuses Q/DQ + Conv into QLinearConv, which has no fp8 kernel
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)
+    """The model's outputs in graph order (tests.helpers.ort_run returns them by name)."""
+    return list(helpers.ort_run(model, feed, optimize=optimize).values())
 
 
 def assert_close(ref_model, model, feed, mode, keys, optimize=True):
@@ -218,7 +233,7 @@ def test_resnet_fp16(resnet, resnet_feeds, build):
     json.dumps(stats)  # goes into report.json as is
     assert out.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert_close(resnet, out, resnet_feeds[0], "fp16", ["resnet"])
-    assert len(build(out, "resnet_fp16").plan) > 0
+    assert_built_as_typed(build(out, "resnet_fp16"), out)
 
 
 def test_resnet_bf16(resnet, resnet_feeds, build):
@@ -230,7 +245,7 @@ def test_resnet_bf16(resnet, resnet_feeds, build):
     with pytest.raises(Exception, match="NOT_IMPLEMENTED"):  # ORT CPU has no bf16 Conv
         ort_run(out, resnet_feeds[0])
     assert_close(resnet, out, resnet_feeds[0], "bf16", ["resnet"])
-    assert len(build(out, "resnet_bf16").plan) > 0
+    assert_built_as_typed(build(out, "resnet_bf16"), out)
 
 
 def test_resnet_int8(resnet, resnet_feeds, build):
@@ -245,7 +260,7 @@ def test_resnet_int8(resnet, resnet_feeds, build):
     zero_points = [numpy_helper.to_array(t) for t in out.graph.initializer if t.name.endswith("_zero_point")]
     assert zero_points and all(not z.any() for z in zero_points)  # symmetric: TensorRT's rule
     assert_close(resnet, out, resnet_feeds[0], "int8", ["resnet"])
-    assert len(build(out, "resnet_int8").plan) > 0
+    assert_built_as_typed(build(out, "resnet_int8"), out)
 
 
 # ------------------------------------------------------------------------------- detector
@@ -269,7 +284,7 @@ def test_detector_fp16_keep_nodes(detector, det_feeds, build):
     assert sum(v == "keep_op_types" for v in stats["kept_fp32"].values()) == 2  # the box decoder's Exp
     assert stats["nodes"]["fp16"] > 100 and stats["initializers"]["fp16"] > 50
     assert_close(detector, out, det_feeds[0], "fp16", ["boxes", "scores"])
-    assert len(build(out, "det_fp16").plan) > 0
+    assert_built_as_typed(build(out, "det_fp16"), out)
 
 
 @pytest.mark.slow
@@ -282,7 +297,7 @@ def test_detector_fp16_io_types(detector, det_feeds, build):
     got = ort_run(out, {k: v.astype(np.float16) for k, v in det_feeds[0].items()})
     for key, r, o in zip(["boxes", "scores"], ref, got):
         assert np.max(np.abs(r - o.astype(np.float32))) <= TOLERANCES["fp16"][key]
-    assert len(build(out, "det_fp16_io").plan) > 0
+    assert_built_as_typed(build(out, "det_fp16_io"), out)
 
 
 @pytest.mark.slow
@@ -307,7 +322,7 @@ def test_detector_bf16(detector, det_feeds, build):
     assert stats["initializers"]["bf16"] > 50 and stats["casts"]["fp32->bf16"] >= 1
     assert set(stats["kept_fp32"].values()) == {"keep_op_types"}  # Resize's fp32-only roi/scales stay fp32
     assert_close(detector, out, det_feeds[0], "bf16", ["boxes", "scores"])
-    assert len(build(out, "det_bf16").plan) > 0
+    assert_built_as_typed(build(out, "det_bf16"), out)
 
 
 @pytest.mark.slow
@@ -334,7 +349,7 @@ def test_detector_int8_exclusions(detector, det_feeds, build):
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in out.graph.node
                    if "Exp" in n.name or "Sigmoid" in n.name)
     assert_close(detector, out, det_feeds[0], "int8", ["boxes", "scores"])
-    assert len(build(out, "det_int8").plan) > 0
+    assert_built_as_typed(build(out, "det_int8"), out)
 
 
 @pytest.mark.slow
@@ -347,7 +362,7 @@ def test_detector_fp8_builds_for_ada(detector, det_feeds, build):
                if t.data_type == TensorProto.FLOAT8E4M3FN and t.dims}
     assert max(float(np.abs(w).max()) for w in weights.values()) == 448.0  # amax scaling
     assert_close(detector, out, det_feeds[0], "fp8", ["boxes", "scores"], optimize=False)
-    assert len(build(out, "det_fp8").plan) > 0
+    assert_built_as_typed(build(out, "det_fp8"), out)
 
 
 @pytest.mark.slow

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.helpers import ort_run
 from trtpipe.errors import SourceError
 from trtpipe.stages.source.load import load_source
 
@@ -23,8 +23,8 @@ def locate(path):
 
 
 def run_ort(model, feeds):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    """The model's outputs in graph order."""
+    return list(ort_run(model, feeds).values())
 
 
 @pytest.fixture(scope="module")

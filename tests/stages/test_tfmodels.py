@@ -2,10 +2,10 @@
 has the structure it exists for. Conversions are cached by tfmodels.onnx_model (see there)."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from tests import tfmodels
+from tests.helpers import ort_run
 
 pytestmark = pytest.mark.slow  # every test here converts a TensorFlow model
 
@@ -31,10 +31,7 @@ def outputs(models):
     image = tfmodels.sample_image(100, 150)  # not the network size: the Loop resizes it
     result = {}
     for name, model in models.items():
-        sess = ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        result[name] = dict(zip(names, sess.run(None, {"input_tensor": image})))
+        result[name] = ort_run(model, {"input_tensor": image})
     return result
 
 
