@@ -23,6 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtpipe import PassContext, PassError, register_pass, suggest
+from trtpipe.graph.names import unique_name
 from trtpipe.graph.shapes import infer_shapes
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal",
@@ -56,12 +57,7 @@ class _Rewriter:
         return t.shape is not None and len(t.shape) > 0 and t.shape[0] == self.sym
 
     def unique(self, base):
-        name, i = base, 0
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        return unique_name(base, self.names)
 
     def const(self, base, values):
         return gs.Constant(self.unique(f"{base}/dynamic_batch"), np.asarray(values, np.int64))
@@ -260,7 +256,8 @@ def dynamic_batch(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
             + (f" (left alone, no static dim 0: {skipped})" if skipped else "")
             + (f"; rewrote {len(done)}: " + "; ".join(done) if done else "; rewrote nothing"))
     for item in todo:
-        ctx.log(f"dynamic_batch: could not rewrite: {item}")
+        ctx.warn(f"dynamic_batch: could not rewrite: {item}; the plan may be wrong at batch sizes other "
+                 f"than {batch} (validation compares every profile corner)")
     if todo and params["strict"]:
         raise PassError("dynamic_batch left the old batch baked in: " + "; ".join(todo))
     return graph

@@ -17,6 +17,7 @@ from trtpipe.graph.tidy import fold_to_fixpoint
 @register_pass("fold_constants")
 def fold_constants(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     graph, rounds = fold_to_fixpoint(graph, fold_shapes=params["fold_shapes"], partitioning=params["partitioning"],
-                                     size_threshold=params.get("size_threshold"), max_rounds=params["max_rounds"])
+                                     size_threshold=params.get("size_threshold"), max_rounds=params["max_rounds"],
+                                     pass_name="fold_constants", log=ctx.log)
     ctx.log(f"fold_constants: {rounds} round(s), {len(graph.nodes)} nodes")
     return graph

@@ -22,7 +22,8 @@ def sanitize(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     nodes_before = len(graph.nodes)
     if params["fold"]:
         graph, rounds = fold_to_fixpoint(graph, fold_shapes=params["fold_shapes"], partitioning=params["partitioning"],
-                                         size_threshold=params.get("size_threshold"), max_rounds=params["max_rounds"])
+                                         size_threshold=params.get("size_threshold"), max_rounds=params["max_rounds"],
+                                         pass_name="sanitize", log=ctx.log)
         ctx.log(f"fold_constants: {rounds} round(s), {len(graph.nodes)} nodes")
     before = len(graph.nodes)
     graph = remove_dead(graph, remove_unused_inputs=params["remove_unused_inputs"],

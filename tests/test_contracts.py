@@ -418,3 +418,17 @@ def test_entry_points_document_args_returns_raises(spec: str) -> None:
             if not re.search(rf"\b{name}\b", section):
                 problems.append(f"raises {name} but Raises: does not name it")
     assert not problems, f"{where}: {spec}: " + "; ".join(problems) + "\n--- docstring ---\n" + doc
+
+
+def test_stages_are_listed_in_flow_order_and_exist():
+    import importlib
+
+    from trtpipe.stages import STAGES
+    from trtpipe.stages.order import stage_labels
+    names = [name for name, _ in STAGES]
+    assert names == ["source", "passes", "precision", "validate", "build", "publish", "report"]
+    # the cache/explain labels follow the same order (passes expand to passes[i])
+    assert [s for s in stage_labels(1) if not s.startswith("passes")] == [n for n in names if n not in ("passes",
+                                                                                                       "report")]
+    for _, module in STAGES:
+        importlib.import_module(module)

@@ -39,6 +39,7 @@ def _main_parser():
               python pipeline.py fmt [--check] RECIPE...  canonical key order, comments kept
               python pipeline.py docs [--check]         regenerate docs/passes.md, docs/recipe.md
               python pipeline.py cache info|prune       the stage cache (see README "Cache")
+              python pipeline.py bisect RECIPE          the first pass whose outputs diverge from the source's
             """),
         epilog=_exit_code_help() + "\n\nRecipe reference: schemas/recipe.schema.json (see docs/).")
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/effdet.yaml")
@@ -99,6 +100,38 @@ def cmd_passes(argv: list[str]) -> int:
     ui.out.print(pass_names_table(registry.all_passes()))
     ui.out.print("\n`python pipeline.py passes NAME` shows one pass with its parameters.")
     return EXIT_OK
+
+
+@command("bisect")
+def cmd_bisect(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python pipeline.py bisect", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Find the guilty pass: run the recipe's source and passes through the stage cache (cached
+            entries reused, nothing published), run ONNX Runtime on the model after each pass on the
+            validation data (fed through the input contract as that pass left it) and compare its
+            outputs with the source model's, with validation's tolerances. Prints per pass its status
+            and worst error, then the first diverging pass with the nodes it changed.
+
+            A failed validation runs this by itself when the graph is small (validate.bisect: auto,
+            at most 20 passes and models of at most 64 MiB; always; never).
+            """),
+        epilog="exit codes:\n  0  no pass diverges\n  6  a pass diverges (the message names it)\n"
+               "  2-5, 7, 8  as for a run (python pipeline.py --help)")
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("--force", action="store_true",
+                        help="re-run the source and every pass, ignoring cached outputs")
+    _cache_dir_flag(parser)
+    _common(parser)
+    args = parser.parse_args(argv)
+    from trtpipe.console import UI
+    ui = UI(quiet=args.quiet, verbose=args.verbose)
+
+    def job():
+        from trtpipe.stages.run import RunOptions, bisect_recipe
+        bisect_recipe(args.recipe, ui, RunOptions(debug=args.debug, cache_dir=args.cache_dir, force=args.force))
+
+    return guarded(job, ui, args.debug)
 
 
 @command("cache")

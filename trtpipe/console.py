@@ -55,7 +55,9 @@ class UI:
             self.out.print(Text("    " + str(msg), style="dim"))
 
     def warn(self, msg: object) -> None:
-        self.err.print(f"[yellow]warning:[/] {msg}", markup=True)
+        """A warning on stderr, shown even with --quiet; `msg` is printed as text, never as markup."""
+        self.err.print("[yellow]warning:[/] ", end="", markup=True)
+        self.err.print(msg, markup=False, highlight=False)
 
     def error(self, msg: object, code: int) -> None:
         self.err.print(f"[bold red]error[/] [dim](exit {code})[/]: ", end="")

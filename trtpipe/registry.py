@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
+import re
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -73,6 +74,10 @@ def register_pass(name: str, schema: dict | None = None,
     """
     from trtpipe.recipe.schema import has_schema, load_schema
 
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+        raise RuntimeError(f"register_pass: pass name {name!r} must be a word (letters, digits, _ . -), as "
+                           f"recipes write it after `pass:`")
+
     def wrap(func):
         if schema is None:
             where = f"passes/{name}.schema.json"
@@ -82,6 +87,7 @@ def register_pass(name: str, schema: dict | None = None,
             resolved = load_schema(where)
         else:
             resolved = schema
+        _check_schema(name, resolved, func)
         existing = _PASSES.get(name)
         if existing and existing.func is not func:
             raise RuntimeError(f"pass '{name}' registered twice ({existing.origin} and {func.__module__})")
@@ -89,6 +95,34 @@ def register_pass(name: str, schema: dict | None = None,
         return func
 
     return wrap
+
+
+def _check_schema(name: str, schema: object, func: Callable) -> None:
+    """A pass's parameter schema must be a valid, strict JSON Schema whose defaults validate, so that
+    recipe checks never fail on the schema itself.
+
+    Raises:
+        RuntimeError: naming the pass and its module (a bug of the pass, not of a recipe).
+    """
+    import jsonschema
+
+    where = f"pass '{name}' ({getattr(func, '__module__', '?')})"
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise RuntimeError(f"{where}: its parameter schema must be a JSON Schema object with \"type\": \"object\"")
+    if schema.get("additionalProperties") is not False:
+        raise RuntimeError(f"{where}: its parameter schema must set \"additionalProperties\": false (strict: "
+                           f"a misspelled parameter must be an error, not ignored)")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        problems = [f"default of '{key}': {err.message}" for key, prop in (schema.get("properties") or {}).items()
+                    if isinstance(prop, dict) and "default" in prop
+                    for err in jsonschema.Draft202012Validator(prop).iter_errors(prop["default"])]
+    except (jsonschema.SchemaError, jsonschema.exceptions.RefResolutionError, re.error, TypeError) as err:
+        raise RuntimeError(f"{where}: invalid parameter schema: {str(err).splitlines()[0]}") from err
+    except Exception as err:  # jsonschema raises unknown-format/ref errors of several kinds
+        raise RuntimeError(f"{where}: invalid parameter schema: {type(err).__name__}: {err}") from err
+    if problems:
+        raise RuntimeError(f"{where}: a default in its parameter schema does not validate: {problems[0]}")
 
 
 def load_all() -> None:
@@ -100,16 +134,18 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    import passes  # the built-in package
+    from trtpipe.recipe.schema import own_top_level_package
+    passes = own_top_level_package("passes")  # the built-in package (not a user's `passes/` folder)
     for mod in pkgutil.iter_modules(passes.__path__):
         if not mod.name.startswith("_"):
             importlib.import_module(f"passes.{mod.name}")
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
-        except Exception as err:  # a broken plugin must not take the tool down silently
-            raise PassError(f"third-party pass entry point '{ep.name}' ({ep.value}) failed to load: {err}") from err
+        except (Exception, SystemExit) as err:  # a broken plugin must not take the tool down silently
+            raise PassError(f"third-party pass entry point '{ep.name}' ({ep.value}) failed to load: "
+                            f"{type(err).__name__}: {err}") from err
+    _loaded = True  # only once everything loaded: a failure is reported again, not hidden next time
 
 
 def get(name: str) -> PassInfo | None:
@@ -151,11 +187,24 @@ class PassContext:
     postprocess: dict | None = None
     notes: list = dataclasses.field(default_factory=list)
     logger: Callable[[str], Any] | None = None
+    # what a pass could not do that may make the plan wrong at some shapes or inputs
+    warnings: list = dataclasses.field(default_factory=list)
+    warner: Callable[[str], Any] | None = None
 
     def log(self, msg: str) -> None:
         """A note for the report and `-v` output."""
         self.notes.append(msg)
         if self.logger:
+            self.logger(msg)
+
+    def warn(self, msg: str) -> None:
+        """Something the pass could not do (e.g. a part it could not make batch-generic): shown by
+        default, recorded in report.json/report.md under the pass, and kept in `notes` too."""
+        self.warnings.append(msg)
+        self.notes.append(msg)
+        if self.warner:
+            self.warner(msg)
+        elif self.logger:
             self.logger(msg)
 
     def add_artifact(self, name: str, path: str | Path) -> None:

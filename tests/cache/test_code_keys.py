@@ -176,3 +176,18 @@ def test_type_only_imports_are_not_dependencies(tmp_path, monkeypatch):
     closure = import_closure(["acme_typing_pkg.work"])
     assert sorted(closure) == ["acme_typing_pkg", "acme_typing_pkg.fallback", "acme_typing_pkg.used",
                                "acme_typing_pkg.work"]
+
+
+def test_a_pass_package_importing_its_own_top_level_helper(tmp_path, monkeypatch):
+    """A pass package that imports a separate top-level module on the user's path: that module is
+    code the pass depends on (no library version in the key stands for it)."""
+    (tmp_path / "acme_pass_pkg").mkdir()
+    (tmp_path / "acme_pass_pkg" / "__init__.py").write_text("")
+    (tmp_path / "acme_pass_pkg" / "scale.py").write_text("import json\n\nimport acme_side_helper\n")
+    (tmp_path / "acme_side_helper.py").write_text("SCALE = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    closure = import_closure(["acme_pass_pkg.scale"])
+    assert "acme_side_helper" in closure and "json" not in closure  # the stdlib is not project code
+    before = code_digest(["acme_pass_pkg.scale"])
+    (tmp_path / "acme_side_helper.py").write_text("SCALE = 2.0\n")
+    assert code_digest(["acme_pass_pkg.scale"]) != before

@@ -53,6 +53,12 @@ CASES = {
                        ["r.yaml:8:3", "build.workspace", "'0GiB' is 0 bytes", "at least 1 byte"]),
     "precision_option_of_another_mode": (BASE + "precision: {mode: fp16, method: entropy}\n", errors.EXIT_RECIPE,
                                          ["r.yaml:7:", "precision.method applies to int8 and fp8, not to mode fp16"]),
+    "nan_overflow_threshold": (BASE + "precision: {mode: fp16, overflow_threshold: .nan}\n", errors.EXIT_RECIPE,
+                               ["r.yaml:7:", "precision.overflow_threshold", "not a finite number"]),
+    "workspace_beyond_64_bits": (BASE + "build:\n  workspace: 99999999999999999999TiB\n", errors.EXIT_RECIPE,
+                                 ["r.yaml:8:3", "build.workspace", "more than the builder can be given"]),
+    "yaml12_exponent_float": (BASE + "validate: {atol: 1e-3, rtol: -1e-3}\n", errors.EXIT_RECIPE,
+                              ["validate.rtol", "minimum"]),
     "int8_distribution": (BASE + "precision: {mode: int8, method: distribution}\n", errors.EXIT_RECIPE,
                           ["r.yaml:7:", "'distribution' is ONNX Runtime's float8 calibrator"]),
     "profile_min_gt_max": (BASE + "build:\n  profiles:\n    - name: p\n      inputs:\n"
@@ -200,3 +206,11 @@ def test_blocked_destination_publishes_nothing(tmp_path, run_cli):
     got, _, err = run_cli(recipe(tmp_path, BASE), "--no-validate")
     assert got == errors.EXIT_OUTPUT and "t.plan" in err and "is a directory" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t.plan"]  # nothing else moved in
+
+
+def test_exponent_numbers_are_numbers(tmp_path, run_cli):
+    """`1e-3` is a number (YAML 1.2, every editor's reading), not the string PyYAML's YAML 1.1 makes of it."""
+    path = recipe(tmp_path, BASE + "validate: {atol: 1e-3, rtol: 2e-2}\n")
+    code, out, err = run_cli("explain", path)
+    assert code == 0, err
+    assert "atol: 0.001\n" in out and "rtol: 0.02\n" in out

@@ -18,7 +18,11 @@ def test_zoo_recipes_build(model, tmp_path, run_cli):
     assert code == 0, err
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["backend"]["name"] == "tensorrt_rtx"
-    assert report["validation"]["status"] == "passed"
+    # The onnx wheel's "light" zoo graphs compute the same output for every input (their weights
+    # are placeholders): the comparison proves nothing, and the run says so instead of "passed".
+    assert report["validation"]["status"] == "inconclusive"
+    assert "constant: all 1000 values are" in report["validation"]["reason"]
+    assert "validation inconclusive" in out
     plan = tmp_path / f"zoo-{model}.plan"
     assert plan.stat().st_size > 500_000
     assert report["artifacts"][plan.name]["sha256"] and "done" in out

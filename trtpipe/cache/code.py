@@ -3,7 +3,9 @@
 A stage's (or pass's) cache key must change when any project module that computes its output
 changes. `code_digest(roots)` walks the import statements of the root modules (at any depth:
 function-level imports count too), follows every import that names a module of the same
-project (the roots' top-level packages and `trtpipe`), and hashes the files it reaches. Editing a
+project (the roots' top-level packages, `trtpipe`, the other top-level packages of the
+distributions that ship the roots, and any module on the user's own path, outside the standard
+library and site-packages), and hashes the files it reaches. Editing a
 helper a pass imports therefore re-runs that pass; editing a module nothing in the closure
 imports does not.
 
@@ -17,9 +19,12 @@ stage's path (the pass registry's discovery is not part of any output).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
+import site
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +57,7 @@ def import_closure(roots: list[str]) -> dict[str, Path]:
         ModuleNotFoundError: a root cannot be found.
     """
     project = {r.split(".")[0] for r in roots} | {"trtpipe"}
+    project |= _distribution_packages(project)
     found: dict[str, Path] = {}
     todo = list(roots)
     for root in roots:
@@ -59,11 +65,13 @@ def import_closure(roots: list[str]) -> dict[str, Path]:
             raise ModuleNotFoundError(f"no module named {root!r}", name=root)
     while todo:
         name = todo.pop()
-        if name in found or _not_followed(name) or name.split(".")[0] not in project:
+        if name in found or _not_followed(name):
             continue
         path = module_file(name)
         if path is None:
             continue  # `from pkg import attr`: attr is no module; pkg itself is queued separately
+        if name.split(".")[0] not in project and not _outside_installed(path):
+            continue  # the standard library or an installed library: covered by the versions in the key
         found[name] = path
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
@@ -87,6 +95,30 @@ def module_file(name: str) -> Path | None:
         if p.with_suffix(".py").is_file():
             return p.with_suffix(".py")
     return None
+
+
+def _distribution_packages(tops: set[str]) -> set[str]:
+    """Top-level import names shipped by the distributions that ship `tops` (a third-party pass
+    package may import a sibling top-level module of its own wheel)."""
+    from importlib import metadata
+    by_top = metadata.packages_distributions()
+    dists = {d for top in tops for d in by_top.get(top, [])}
+    return {top for top, owners in by_top.items() if dists.intersection(owners)}
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    return tuple(str(Path(r).resolve()) for r in roots if r)
+
+
+def _outside_installed(path: Path) -> bool:
+    """True for a module file outside the standard library and site-packages: code on the user's
+    own path (PYTHONPATH, the working tree), which no library version in the key stands for."""
+    resolved = str(path.resolve())
+    return not any(resolved == r or resolved.startswith(r + "/") for r in _installed_roots())
 
 
 def _not_followed(name: str) -> bool:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import decimal
+import math
 import re
 from collections.abc import Callable
 
 from trtpipe.errors import RecipeError
 from trtpipe.recipe.precision import normalize
-from trtpipe.recipe.schema import fill_defaults, load_schema
+from trtpipe.recipe.schema import fill_defaults, key_path, load_schema
 
 # (atol, rtol) per precision (schema: validate.atol / validate.rtol). fp16 keeps ~3 significant
 # digits (10-bit mantissa), bf16 ~2 (7-bit); int8/fp8 errors are those of the quantization step.
@@ -30,25 +32,35 @@ DEFAULT_IOU = {"fp32": 0.9, "fp16": 0.9, "bf16": 0.9, "int8": 0.75, "fp8": 0.75}
 # Decimal and binary (IEC 80000-13) byte units accepted for sizes (schema: build.workspace).
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+# IBuilderConfig.set_memory_pool_limit takes a size_t: 64 bits on every platform TensorRT supports.
+MAX_WORKSPACE = 2**64 - 1
 Locate = Callable[[tuple], str]
 
 
 def parse_size(value: int | str) -> int | None:
-    """'2GiB' -> 2147483648 (bytes); ints pass through; None when unparseable."""
+    """'2GiB' -> 2147483648 (bytes); ints pass through; None when unparseable. Exact (decimal
+    arithmetic, no float rounding); a fraction of a byte is rounded down."""
+    if isinstance(value, bool):
+        return None
     if isinstance(value, int):
         return value
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
     if not m or m.group(2).upper() not in UNITS:
         return None
-    return int(float(m.group(1)) * UNITS[m.group(2).upper()])
+    return int(decimal.Decimal(m.group(1)) * UNITS[m.group(2).upper()])
 
 
 def resolve_values(data: dict, locate: Locate) -> None:
     """Normalize a schema-valid, default-filled recipe `data` in place (see the module docstring).
 
     Raises:
-        RecipeError: precision options of another mode, or a size that is not > 0 bytes.
+        RecipeError: precision options of another mode, a size that is not > 0 bytes (or beyond
+            64 bits), or a NaN or infinite number under `validate` or `precision` (tolerances,
+            thresholds and ranges are finite; JSON Schema cannot refuse NaN, which compares false
+            with every bound).
     """
+    check_finite(data.get("validate"), ("validate",), locate)
+    check_finite(data.get("precision"), ("precision",), locate)  # overflow_threshold, percentile, ranges
     data["precision"] = normalize(data.get("precision"), locate)
     data["validate"] = resolve_validate(data.get("validate"), data["precision"]["mode"])
     build = data["build"]
@@ -57,6 +69,46 @@ def resolve_values(data: dict, locate: Locate) -> None:
         raise RecipeError(f"{locate(('build', 'workspace'))}: build.workspace: {build['workspace']!r} is "
                           f"{build['workspace_bytes']} bytes; the builder's workspace pool needs at least 1 byte",
                           hint="e.g. `workspace: 1GiB`")
+    if build["workspace_bytes"] > MAX_WORKSPACE:
+        raise RecipeError(f"{locate(('build', 'workspace'))}: build.workspace: {build['workspace']!r} is "
+                          f"{build['workspace_bytes']} bytes, more than the builder can be given "
+                          f"({MAX_WORKSPACE} bytes, 16 EiB - 1: a 64-bit size)", hint="e.g. `workspace: 4GiB`")
+
+
+# What a finite number under `validate` must also be, by key (the schema's bounds, said in the error).
+_FINITE_WHAT = {"atol": "a tolerance is a finite number >= 0", "rtol": "a tolerance is a finite number >= 0",
+                "score_atol": "a tolerance is a finite number >= 0",
+                "quantile": "a quantile is a finite number in (0, 1]",
+                "iou_threshold": "an IoU threshold is a finite number in (0, 1]",
+                "min_score": "a score is a finite number in [0, 1]"}
+
+
+def check_finite(value: object, path: tuple, locate: Locate) -> None:
+    """Refuse NaN and +-inf anywhere in `value` (a recipe section at key path `path`): every error
+    with `file:line:col: key.path:`, all of them in one RecipeError.
+
+    Raises:
+        RecipeError: a number in `value` is NaN or infinite.
+    """
+    bad = []
+
+    def walk(v, p):
+        if isinstance(v, dict):
+            for k, item in v.items():
+                walk(item, p + (k,))
+        elif isinstance(v, list):
+            for i, item in enumerate(v):
+                walk(item, p + (i,))
+        elif isinstance(v, float) and not math.isfinite(v):
+            key = next((k for k in reversed(p) if isinstance(k, str)), "")
+            what = _FINITE_WHAT.get(key, "it must be a finite number")
+            bad.append(f"{locate(p)}: {key_path(p)}: {v} is not a finite number; {what}")
+
+    walk(value, tuple(path))
+    if bad:
+        file = locate(tuple(path)).rsplit(":", 2)[0]
+        raise RecipeError(bad[0] if len(bad) == 1 else f"{file}: {len(bad)} recipe errors:\n  " + "\n  ".join(bad),
+                          hint="write finite numbers (e.g. `atol: 1e-3`); YAML's .nan and .inf are not allowed here")
 
 
 def resolve_validate(validate_cfg: dict | None, mode: str) -> dict:

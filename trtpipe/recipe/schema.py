@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
+import importlib.resources
 import json
 import re
 from collections.abc import Iterable, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -20,6 +23,23 @@ import jsonschema
 from trtpipe.errors import suggest
 
 SCHEMA_PACKAGE = "schemas"  # the top-level schemas/ folder, shipped as package data
+
+
+def own_top_level_package(name: str) -> object:
+    """Import trt-pipeline's top-level package `name` (`schemas` or `passes`), which lives next to
+    the `trtpipe` package (in a checkout and in site-packages alike).
+
+    Raises:
+        RuntimeError: another package of that name shadows ours (say where both are).
+    """
+    module = importlib.import_module(name)
+    ours = Path(__file__).resolve().parents[2] / name
+    found = Path(getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), "")).resolve()
+    if found != ours and ours not in found.parents:
+        raise RuntimeError(f"the Python package '{name}' at {found} shadows trt-pipeline's own '{name}' ({ours}): "
+                           f"it comes first on sys.path (often: the working directory); run from another "
+                           f"directory or rename that package")
+    return module
 
 
 def load_schema(name: str) -> dict:
@@ -35,12 +55,20 @@ def load_schema(name: str) -> dict:
 
 def has_schema(name: str) -> bool:
     """Whether the schema `name` is shipped."""
-    return resources.files(SCHEMA_PACKAGE).joinpath(name).is_file()
+    return _schemas().joinpath(name).is_file()
 
 
 @functools.lru_cache(maxsize=None)
 def _load(name: str) -> dict:
-    return json.loads(resources.files(SCHEMA_PACKAGE).joinpath(name).read_text(encoding="utf-8"))
+    return json.loads(_schemas().joinpath(name).read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=None)
+def _schemas() -> resources.abc.Traversable:
+    """trt-pipeline's own schemas package. A user's package of the same name that happens to come
+    first on sys.path (a `schemas/` folder in the working directory) is refused with a clear error
+    instead of being read."""
+    return resources.files(own_top_level_package(SCHEMA_PACKAGE))
 
 
 def key_path(path: Iterable[str | int]) -> str:

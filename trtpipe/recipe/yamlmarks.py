@@ -8,6 +8,7 @@ silently keeps the last one, which hides mistakes in reviewed recipes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,11 +39,21 @@ class Marks:
         return self._marks.get(tuple(path), (None, None))[0]
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: `1e-3` is a number, as in every other YAML tool
+    (YAML 1.1, which PyYAML follows, reads it as a string and wants `1.0e-3`)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
 def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, Marks]:
     """Parse `text`; return (data, Marks). Raises RecipeError on syntax errors."""
     marks = Marks(filename)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
@@ -53,7 +64,7 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, Marks]:
                           hint="check indentation and that every `key: value` has a space after the colon") from err
     if node is None:
         return None, marks
-    constructor = yaml.SafeLoader("")
+    constructor = RecipeLoader("")
     return _build(node, (), marks, constructor), marks
 
 

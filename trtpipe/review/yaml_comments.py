@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from trtpipe.recipe.yamlmarks import RecipeLoader
+
 
 @dataclass
 class _Slot:
@@ -42,8 +44,8 @@ class _Tree:
 
     def __post_init__(self):
         self._starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
-        node = yaml.compose(self.text, Loader=yaml.SafeLoader)
-        self._constructor = yaml.SafeLoader("")
+        node = yaml.compose(self.text, Loader=RecipeLoader)
+        self._constructor = RecipeLoader("")
         if node is not None:
             self._walk(node, (), False)
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from trtpipe.stages.publish import atomic_write_bytes, sha256_file
+from trtpipe.stages.validate.detections import BORDERLINE
+from trtpipe.stages.validate.informative import EXPLAIN, RULE
 
 if TYPE_CHECKING:
     from trtpipe.backend import Backend
@@ -51,7 +53,7 @@ def make_report(*, recipe: Recipe, backend: Backend, source: types.SimpleNamespa
         "validation": validation,
         "build": {"duration_s": round(build.duration_s, 3), "memory": build.memory,
                   "num_layers": build.num_layers, "warnings": build.warnings,
-                  "inputs": build.inputs, "outputs": build.outputs},
+                  "inputs": build.inputs, "outputs": build.outputs, "reproducible": build.reproducible},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "artifacts": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
                       for name, path in artifacts.items()},
@@ -97,25 +99,56 @@ def _precision_md(prec):
     return text
 
 
+def validation_headline(val: dict) -> str:
+    """One line on what validation showed, for the summary: "validation passed", "validation
+    inconclusive", "validation failed", or "NOT VALIDATED (<why>)" when it did not run."""
+    if val.get("status") == "skipped":
+        return f"NOT VALIDATED ({val.get('skipped_by') or val.get('reason') or 'validation skipped'})"
+    return f"validation {val.get('status')}"
+
+
 def _validation_md(val):
-    lines = [f"**{val['status']}**" + (f": {val['reason']}" if val.get("reason") else "")]
+    reason = val.get("reason") or ""
+    if val["status"] == "skipped":
+        lines = [f"**NOT VALIDATED**{reason.removeprefix('NOT VALIDATED')}" if reason.startswith("NOT VALIDATED")
+                 else f"**NOT VALIDATED**: {reason or 'validation skipped'}"]
+    else:
+        lines = [f"**{validation_headline(val)}**" + (f": {reason}" if reason else "")]
     for comp in val.get("comparisons", []):
         lines += ["", f"*{comp['name']}*: {comp['status']}" + (f" ({comp['reason']})" if comp.get("reason") else "")]
         rows = comp.get("outputs") or []
         if rows:
-            lines += ["", "| output | statistic | max abs | max rel | atol / rtol | status |",
-                      "|---|---|---:|---:|---|---|"]
+            lines += ["", "| output | statistic | abs error | rel error | atol / rtol | held | status |",
+                      "|---|---|---:|---:|---|---|---|"]
             for o in rows:
                 tol = f"{_num(o.get('atol'))} / {_num(o.get('rtol'))}" if o.get("atol") is not None else ""
                 status = o["status"] + (f" ({o['reason']})" if o.get("reason") else "")
-                lines.append(f"| `{o['output']}` | {o.get('statistic', '')} | {_num(o.get('max_abs'))} | "
-                             f"{_num(o.get('max_rel'))} | {tol} | {status} |")
+                maxed = o.get("statistic") not in (None, "max") and "max_abs" in o
+                lines.append(f"| `{o['output']}` | {o.get('statistic', '')} | {_num(o.get('value'))}"
+                             + (f" (max {_num(o.get('max_abs'))})" if maxed else "") + f" | {_num(o.get('value_rel'))}"
+                             + (f" (max {_num(o.get('max_rel'))})" if maxed else "")
+                             + f" | {tol} | {o.get('bound') or ''} | {status} |")
+            lines += ["", f"Rule: {RULE}."]
+            if any(o["status"] == "inconclusive" for o in rows):
+                lines += ["", f"{EXPLAIN[0].upper()}{EXPLAIN[1:]}."]
     dets = val.get("detections")
     if dets:
-        lines += ["", f"*detections* (IoU >= {dets.get('iou_threshold')}): {dets.get('status')}, "
-                      f"{dets.get('matched', 0)} matched, {dets.get('unmatched_source', 0)} missed, "
-                      f"{dets.get('unmatched_final', 0)} extra, "
-                      f"{dets.get('borderline', 0)} borderline"]
+        lines += ["", f"*detections* (IoU >= {dets.get('iou_threshold')}, score atol {_num(dets.get('score_atol'))}): "
+                      f"{dets.get('status')}" + (f" ({dets['reason']})" if dets.get("reason") else "")]
+        if "matched" in dets:
+            s = dets
+            lines += ["", f"- source: {s['source_detections']} detections = {s['matched']} matched + "
+                          f"{s['unmatched_source']} missing from the final model + "
+                          f"{s.get('borderline_source', 0)} borderline",
+                      f"- final: {s['final_detections']} detections = {s['matched']} matched + "
+                      f"{s['unmatched_final']} extra + {s.get('borderline_final', 0)} borderline",
+                      f"- {s.get('images', 0)} image(s), min IoU {_num(s.get('min_iou'))}, "
+                      f"max score difference {_num(s.get('max_score_diff'))}, allowed unmatched "
+                      f"{s.get('max_unmatched', 0)}",
+                      "", f"{BORDERLINE[0].upper()}{BORDERLINE[1:]}."]
+    for cov in ((val.get("data") or {}).get("coverage") or {}).values():
+        if not cov.get("exercised", True):
+            lines += ["", f"*data*: {cov['reason']}"]
     return lines
 
 
@@ -129,9 +162,14 @@ def to_markdown(rep: dict) -> str:
              f"- precision: {_precision_md(rep['precision'])}",
              f"- builder memory: activations {_mib(mem.get('activation_bytes'))}, "
              f"weights {_mib(mem.get('weights_bytes'))}; {rep['build']['num_layers']} network layers",
+             f"- plan reproducible: {rep['build'].get('reproducible') or 'unknown'}",
              "", "## Passes", "", "| # | pass | nodes | op changes | s |", "|---:|---|---|---|---:|"]
     lines += [f"| {p['index']} | `{p['pass']}` | {p['nodes_before']} → {p['nodes_after']} | "
               f"{_op_changes(p['ops_before'], p['ops_after'])} | {p['duration_s']:.2f} |" for p in rep["passes"]]
+    warned = [(p, w) for p in rep["passes"] for w in p.get("warnings") or []]
+    if warned:
+        lines += ["", "**Pass warnings** (what a pass could not do; validation compared every profile corner):", ""]
+        lines += [f"- passes[{p['index']}] `{p['pass']}`: {w}" for p, w in warned]
     lines += ["", "## Validation", ""] + _validation_md(rep["validation"])
     cache = (rep.get("cache") or {}).get("summary") or {}
     lines += ["", "## Stage times", "", "| stage | s | cache |", "|---|---:|---|"]
@@ -162,6 +200,7 @@ def summary_table(rep: dict, published: dict[str, Path]) -> Table:
     states = list(cache.values())
     reused = ("all stages cached; " if states and all(s == "cached" for s in states) else
               f"{sum(s == 'cached' for s in states)} of {len(states)} stages cached; " if states else "")
-    table.caption = (f"{nodes}{reused}validation {val['status']}" + (f" ({val['reason']})" if val.get("reason") else "")
+    why = val.get("reason") if val.get("status") != "skipped" else None  # the headline says why it did not run
+    table.caption = (f"{nodes}{reused}{validation_headline(val)}" + (f" ({why})" if why else "")
                      + f"; output in {next(iter(published.values())).parent if published else '-'}")
     return table

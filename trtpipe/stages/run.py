@@ -124,7 +124,7 @@ def _stages(state, staging, out, t0):
     source_path = staging.path(f"{recipe.name}.source.onnx")
     source, cur = source_stage.run(state, source_path)
     ctx = PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
-                      recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail,
+                      recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail, warner=ui.warn,
                       plugin_libraries=recipe.data["build"]["plugins"],
                       input_contract=source.input_contract)
     cur, pass_stats = passes_stage.run(state, cur, ctx, staging, source.nodes)
@@ -173,3 +173,77 @@ def _stage_artifacts(ctx, staging):
                             f"{staging.dir}; passes must write artifacts into ctx.stage_dir")
         names.append(path.name)
     return names
+
+
+def bisect_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = None) -> dict[str, Any]:
+    """`python pipeline.py bisect RECIPE`: run the recipe's source and passes through the stage cache
+    (cached entries are reused, missing ones computed and committed, nothing is published), then
+    compare the model after each pass with the source model on the validation data
+    (stages/validate/bisect.py) and print one row per pass and the first diverging pass.
+
+    Args:
+        recipe_path: the recipe YAML file.
+        ui: progress and messages; the per-pass table is printed even with --quiet.
+        options: the cache directory (`cache_dir`) and --force; default RunOptions().
+
+    Returns:
+        The bisect result (bisect.bisect_passes) when no pass diverges.
+
+    Raises:
+        ValidationError: a pass's outputs diverge from the source's beyond the validation tolerances
+            (the message names the first such pass, its recipe line and the nodes it changed), or
+            the validation data cannot be made or fed to the source model.
+        RecipeError, UsageError, SourceError, PassError, BuildError, OutputError: as run_recipe,
+            for the source and passes stages.
+        CorruptEntry: the same cache entry turned out corrupt three times in a row.
+    """
+    from trtpipe.errors import ValidationError
+    from trtpipe.stages.validate import bisect
+    options = options or RunOptions()
+    for attempt in range(3):
+        try:
+            result = _bisect(recipe_path, ui, options, bisect)
+            break
+        except CorruptEntry as err:  # found while loading a cached model: already discarded
+            if attempt == 2:
+                raise
+            ui.warn(f"{err}; starting over without it")
+    bisect.print_bisect(result, ui.out)
+    if result["status"] == "diverged":
+        raise ValidationError(result["summary"], hint="fix the pass, or remove it from the recipe; "
+                                                      "`python pipeline.py passes NAME` documents it")
+    return result
+
+
+def _bisect(recipe_path, ui, options, bisect):
+    import tempfile
+    ui.stage("recipe", str(recipe_path))
+    recipe = load_recipe(recipe_path)
+    backend = resolve_backend(recipe.data["build"]["backend"])
+    raise_first(precheck_passes(recipe, PassContext(
+        name=recipe.name, backend=backend.name, backend_version=backend.version_tuple, recipe_dir=recipe.dir,
+        plugin_libraries=recipe.data["build"]["plugins"])))
+    forced = forced_stages(recipe, options.force, None)
+    root, _ = resolve_dir(options.cache_dir)
+    cache = Cache(root, warn=ui.warn).open()
+    cache.replace_existing = bool(forced)
+    state = RunState(recipe, backend, ui, options, cache, Keys(recipe, backend, cache.hasher), forced)
+    ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es)")
+    lock = cache.recipe_lock(recipe.path, on_wait=lambda pid: ui.info(
+        f"waiting for another run of {recipe.name} (pid {pid or '?'}) to finish"))
+    with lock, cache.use_lock(), tempfile.TemporaryDirectory(prefix="trtpipe-bisect-") as tmp, \
+            Staging(tmp) as staging:  # pass artifacts land here and are thrown away
+        source_path = staging.path(f"{recipe.name}.source.onnx")
+        source, cur = source_stage.run(state, source_path)
+        ctx = PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
+                          recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail, warner=ui.warn,
+                          plugin_libraries=recipe.data["build"]["plugins"], input_contract=source.input_contract)
+        passes_stage.run(state, cur, ctx, staging, source.nodes)
+        ui.stage("bisect", "ONNX Runtime on each pass's model vs the source model")
+        state.quiet()
+        result = bisect.bisect_passes(
+            source_path, bisect.pass_models(recipe, state.pass_models), recipe.data["validate"],
+            precision=recipe.data["precision"], source_sha=source.sha, data_contract=ctx.input_contract,
+            base_dir=recipe.dir, locate=recipe.locate, log=ui.detail)
+        ui.done(result["status"])
+    return result

@@ -4,7 +4,7 @@ TensorRT reports parser errors as C++ assertions and builder errors by layer nam
 ONNX nodes. These helpers map one to the other so no failure reads "failed to build engine".
 
 TensorRT objects (parser, network) are typed `Any` (tensorrt or tensorrt_rtx), as is `cap`: the
-build's log capture (stages/build/plan.py), whose `error_list()` is read here.
+build's log capture (stages/build/capture.py), whose `error_list()` is read here.
 """
 
 from __future__ import annotations

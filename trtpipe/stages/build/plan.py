@@ -14,14 +14,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-import re
 import tempfile
 import textwrap
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,18 +29,13 @@ from trtpipe.backend import rtx_supported_ccs
 from trtpipe.errors import BuildError, OutputError, RecipeError
 from trtpipe.recipe.resolved import resolve_build
 from trtpipe.stages.build import plugins as plugin_mod
+from trtpipe.stages.build.capture import capture
 from trtpipe.stages.build.errors import build_failure, grab_stderr, parser_failure
+from trtpipe.stages.build.result import BuildResult  # re-exported: callers take it from here
 
 if TYPE_CHECKING:
     from trtpipe.backend import Backend
 
-_MEMORY_RE = {
-    "activation_bytes": re.compile(r"Total Activation Memory:\s*(\d+)"),
-    "weights_bytes": re.compile(r"Total Weights Memory:\s*(\d+)"),
-}
-# Messages that are noise here: RTX follows every API error with a CUDA probe that fails on a
-# CPU-only machine, and warns when a second builder brings its own logger.
-_NOISE = ("catchCudaError", "logger passed into createInferBuilder differs")
 _BUILD_LOCK = threading.Lock()  # one build at a time: the logger is process-wide
 
 
@@ -50,26 +43,6 @@ class BuildConfigError(RecipeError, BuildError):
     """A recipe mistake that only shows against the parsed network (profiles naming inputs it lacks,
     wrong ranks or static dims, a missing profile, an unknown compute capability): it is located in
     the recipe and exits with the recipe code, yet is still a BuildError for callers of build_plan."""
-
-
-@dataclass
-class BuildResult:
-    plan: bytes
-    backend: str
-    backend_version: str
-    compute_capabilities: list | None  # None on tensorrt (it builds for the local GPU)
-    duration_s: float
-    inputs: list                # [{"name", "dtype", "shape"}], -1 for dynamic dims
-    outputs: list
-    memory: dict | None = None  # {"activation_bytes", "weights_bytes"} when the builder printed them
-    num_layers: int = 0         # network layers after parsing (before builder fusion)
-    warnings: list = field(default_factory=list)
-    profiles: list = field(default_factory=list)  # profile names, in TensorRT's profile order
-    timing_cache: str | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the plan bytes (for the report)."""
-        return {k: v for k, v in self.__dict__.items() if k != "plan"} | {"plan_bytes": len(self.plan)}
 
 
 def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend, *,
@@ -102,7 +75,8 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
         (seconds), `inputs`/`outputs` ([{"name", "dtype" (numpy name), "shape" (-1 for dynamic
         dims)}]), `memory` ({"activation_bytes", "weights_bytes"} in bytes, when the builder
         printed them), `num_layers` (after parsing), `warnings`, `profiles` (names, in TensorRT's
-        order), `timing_cache` (path or None).
+        order), `timing_cache` (path or None), `reproducible` ("byte-identical" or "not guaranteed
+        by <backend>: <what differs>", see BuildResult).
 
     Raises:
         BuildError: the model file is missing or unreadable; a plugin library is missing or cannot
@@ -121,7 +95,7 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
         raise BuildError(f"model file {model_path} does not exist")
     cfg = _with_defaults(build_cfg)
     t0 = time.perf_counter()
-    with _BUILD_LOCK, _capture(backend.trt) as cap:
+    with _BUILD_LOCK, capture(backend.trt) as cap:
         builder = backend.trt.Builder(cap.logger)
         # The parser owns the imported weights: keep it alive until the plan is serialized.
         network, parser, model, notes = _parse(backend, builder, cap, model_path, cfg, locate, log)
@@ -198,72 +172,6 @@ def _network_flags(trt):
     # typed; on 10.x this flag makes the build honour the graph's types the same way.
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     return 1 << int(flag) if flag is not None else 0
-
-
-# --- logging ---------------------------------------------------------------------------------
-
-_LOGGERS = {}
-
-
-class _Capture:
-    """What the builder said during one build: errors, warnings, memory figures."""
-
-    def __init__(self, logger):
-        self.logger = logger
-        self.errors, self.warnings, self.memory = [], [], {}
-
-    def reset(self):
-        self.errors = []
-
-    def add(self, severity, msg):
-        level = int(severity)
-        if level <= 1:
-            self.errors.append(msg)
-        elif level == 2:
-            self.warnings.append(msg)
-        elif "Total" in msg:
-            for key, rx in _MEMORY_RE.items():
-                m = rx.search(msg)
-                if m:
-                    self.memory[key] = int(m.group(1))
-
-    def error_list(self):
-        real = [e for e in self.errors if not any(n in e for n in _NOISE)]
-        return real or list(self.errors)
-
-    def warning_list(self):
-        out = []
-        for w in self.warnings:
-            if not any(n in w for n in _NOISE) and w not in out:
-                out.append(w)
-        return out
-
-
-@contextlib.contextmanager
-def _capture(trt):
-    """Route the process-wide logger into a fresh _Capture. TensorRT keeps the first logger a
-    process registers and warns about later ones, so there is exactly one per module."""
-    logger = _LOGGERS.get(trt.__name__)
-    if logger is None:
-        logger = _LOGGERS[trt.__name__] = _make_logger(trt)
-    logger.sink = cap = _Capture(logger)
-    try:
-        yield cap
-    finally:
-        logger.sink = None
-
-
-def _make_logger(trt):
-    class Recorder(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.sink = None
-
-        def log(self, severity, msg):
-            if self.sink is not None:
-                self.sink.add(severity, msg)
-
-    return Recorder()
 
 
 # --- progress --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ loads its input model from the cache entry before it."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
             _restore(entry, ctx, staging, ui)
             stats.append(entry.meta["stats"])
             cur, cached = ModelRef(entry.meta["model_sha"], entry), cached + 1
+            state.pass_models.append((label, cur, copy.deepcopy(entry.meta["ctx"])))
             continue
         from trtpipe.stages.passes.runner import run_passes
         state.quiet()
@@ -60,6 +62,7 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
             entry = w.commit(label)
         stats.append(one[0])
         cur = ModelRef(sha, entry, model)
+        state.pass_models.append((label, cur, copy.deepcopy(after)))  # later passes edit ctx in place
     n_after = stats[-1]["nodes_after"] if stats else source_nodes
     note = f" ({cached} cached)" if cached and cached < len(stats) else " (cached)" if cached else ""
     state.timings["passes"] = ui.done(f"{source_nodes} -> {n_after} nodes{note}")
@@ -69,8 +72,13 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
 def _restore(entry, ctx, staging, ui):
     """Put a cached pass's effects in place: its notes, its artifacts and the context it left."""
     meta = entry.meta
+    warnings = meta["stats"].get("warnings") or []
     for note in meta["notes"]:
-        ui.detail(note)
+        if note not in warnings:
+            ui.detail(note)
+    for warning in warnings:  # shown on every run, cached or not
+        ui.warn(warning)
+    ctx.warnings.extend(warnings)
     for name in meta["artifact_files"]:
         shutil.copyfile(entry.path(f"artifacts/{name}"), staging.path(name))
     saved = meta["ctx"]

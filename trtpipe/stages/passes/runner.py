@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from trtpipe import registry
 from trtpipe.errors import PassError, PipelineError, suggest
 from trtpipe.graph.check import check_rewritten
-from trtpipe.recipe.schema import fill_defaults, schema_errors
+from trtpipe.recipe.schema import fill_defaults, key_path, schema_errors
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
@@ -74,13 +74,15 @@ def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
             progress.step(label)
         before = op_histogram(model)
         start = time.perf_counter()
+        warned = len(ctx.warnings)
         graph = gs.import_onnx(model)
         try:
             graph = info.func(graph, item["params"], ctx)
         except PipelineError as err:
             err.message = f"{where}: {label}: {err.message}"
             raise
-        except Exception as err:  # a pass bug or a graph it cannot handle: name the pass and recipe line
+        except (Exception, SystemExit) as err:  # a pass bug, a graph it cannot handle, or a pass calling
+            # sys.exit(): the run must not end silently; name the pass and recipe line
             raise PassError(f"{where}: {label} failed: {type(err).__name__}: {err}") from err
         model = _export(graph, model, label, where)
         check_rewritten(model, f"{where}: {label}")
@@ -89,6 +91,7 @@ def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
             "duration_s": round(time.perf_counter() - start, 4),
             "nodes_before": sum(before.values()), "nodes_after": len(model.graph.node),
             "ops_before": before, "ops_after": op_histogram(model),
+            "warnings": ctx.warnings[warned:],
         })
     return model, stats
 
@@ -108,14 +111,22 @@ def run_pass(model: onnx.ModelProto, name: str, params: dict | None = None,
         The transformed model.
 
     Raises:
-        PassError: unknown pass name, parameters that fail the schema, or the pass failed.
+        PassError: arguments of the wrong type, an unknown pass name, parameters that fail the
+            schema, or the pass failed (also when it calls sys.exit()).
     """
-    info = registry.get(name)
+    if not isinstance(model, onnx.ModelProto):
+        raise PassError(f"run_pass: model must be an onnx.ModelProto (onnx.load(path)), got {type(model).__name__}")
+    if ctx is not None and not isinstance(ctx, registry.PassContext):
+        raise PassError(f"run_pass: ctx must be a trtpipe.PassContext, got {type(ctx).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise PassError(f"run_pass: params must be a mapping of parameter name -> value, got {type(params).__name__}")
+    info = registry.get(name) if isinstance(name, str) else None
     if info is None:
-        raise PassError(f"unknown pass '{name}'{suggest(name, registry.names())}")
+        raise PassError(f"unknown pass {name!r}{suggest(name, registry.names())}; registered: "
+                        f"{', '.join(registry.names())}")
     problems = list(schema_errors(params or {}, info.schema, ("params",)))
     if problems:
-        raise PassError(f"{name}: " + "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+        raise PassError(f"{name}: " + "; ".join(f"{key_path(p)}: {m}" for p, m in problems))
     item = {"pass": name, "params": fill_defaults(dict(params or {}), info.schema)}
     out, _ = run_passes(model, _Single(item), ctx or registry.PassContext())
     return out

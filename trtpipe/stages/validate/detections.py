@@ -116,7 +116,7 @@ def compare_detections(ref_iterations: list[dict[str, np.ndarray]], cand_iterati
     thr, score_atol = cfg["iou_threshold"], cfg["score_atol"]
     min_score, max_unmatched = cfg.get("min_score", 0.0), cfg.get("max_unmatched", 0)
     totals = dict(images=0, source_detections=0, final_detections=0, matched=0, unmatched_source=0,
-                  unmatched_final=0, borderline=0, class_mismatches=0)
+                  unmatched_final=0, borderline=0, borderline_source=0, borderline_final=0, class_mismatches=0)
     score_diffs, ious, box_diffs = [], [], []
     for ref_arrays, cand_arrays in zip(ref_iterations, cand_iterations):
         for ref, cand in zip(_per_image(ref_arrays, roles, min_score), _per_image(cand_arrays, roles, min_score)):
@@ -128,10 +128,11 @@ def compare_detections(ref_iterations: list[dict[str, np.ndarray]], cand_iterati
             ious += [p[2] for p in pairs]
             if ref[2] is not None:
                 totals["class_mismatches"] += int(np.sum(ref[2][ri] != cand[2][ci]))
-            for side, key, other, used in ((ref, "unmatched_source", cand, ri), (cand, "unmatched_final", ref, ci)):
+            for side, name, other, used in ((ref, "source", cand, ri), (cand, "final", ref, ci)):
                 left = np.setdiff1d(np.arange(len(side[1])), used)
                 edge = _borderline(side[1][left], other, min_score, score_atol)
-                totals[key] += int(np.sum(~edge))
+                totals[f"unmatched_{name}"] += int(np.sum(~edge))
+                totals[f"borderline_{name}"] += int(np.sum(edge))
                 totals["borderline"] += int(np.sum(edge))
             totals["images"] += 1
             totals["source_detections"] += len(ref[1])
@@ -154,3 +155,19 @@ def compare_detections(ref_iterations: list[dict[str, np.ndarray]], cand_iterati
     summary["status"] = "failed" if problems else "passed"
     summary["reason"] = "; ".join(problems) or None
     return summary
+
+
+# What "borderline" means, as the table and report.md say it.
+BORDERLINE = ("borderline: an unmatched detection at a cut-off, scoring within score_atol of min_score, or, "
+              "when the other side kept its full top-K, no higher than the other side's lowest kept score + "
+              "score_atol (a near-tie that fell off); not counted against max_unmatched")
+
+
+def counts_line(summary: dict[str, Any]) -> str:
+    """The detection counts so that they add up, per side: detections = matched + unmatched
+    (missing from the final model / extra in it) + borderline."""
+    s = summary
+    return (f"source {s['source_detections']} = {s['matched']} matched + {s['unmatched_source']} missing "
+            f"+ {s.get('borderline_source', 0)} borderline; final {s['final_detections']} = {s['matched']} matched "
+            f"+ {s['unmatched_final']} extra + {s.get('borderline_final', 0)} borderline "
+            f"({s['images']} image(s); min IoU {s['min_iou']:.4g}, max score diff {s['max_score_diff']:.4g})")

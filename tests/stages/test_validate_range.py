@@ -1,0 +1,173 @@
+"""Validation over the range a plan accepts (every profile corner) and over cuts (final outputs
+that are tensors inside the source): models built here, the pipeline run for real."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import make_conv_model, write_recipe
+from trtpipe import errors
+
+
+def loop_over_batch_model(path):
+    """What tf2onnx makes of `tf.map_fn(f, images)` exported at batch 1: a Loop whose trip count is
+    the constant 1, scanning x[i] * 2. Right at batch 1; at batch N it still returns one row."""
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["x", "i"], ["row"], axis=0),
+         helper.make_node("Mul", ["row", "two"], ["scaled"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.float32(2.0), "two")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond"], ["y"], name="map/while_loop", body=body)],
+        "mapfn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(1, np.int64), "trips"), numpy_helper.from_array(np.array(True), "cond")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    return path
+
+
+PROFILE = """
+build:
+  profiles:
+    - name: b1to4
+      inputs:
+        {input}: {{min: {lo}, opt: {opt}, max: {hi}}}
+"""
+
+
+def recipe(tmp_path, model, passes, profile=None):
+    body = f"name: t\nsource: {{onnx: {model}}}\npasses:\n" + "".join(f"  - {p}\n" for p in passes)
+    body += "validate: {data: {seed: 3}}\noutput: {dir: out}\n" + (profile or "")
+    return write_recipe(tmp_path / "r.yaml", body)
+
+
+def report(tmp_path):
+    return json.loads((tmp_path / "out" / "report.json").read_text())
+
+
+def test_map_fn_over_batch_fails_at_the_profile_corners_it_gets_wrong(tmp_path, run_cli):
+    loop_over_batch_model(tmp_path / "m.onnx")
+    path = recipe(tmp_path, "m.onnx", ["pass: dynamic_batch"],
+                  PROFILE.format(input="x", lo=[1, 4], opt=[2, 4], hi=[4, 4]))
+    code, out, err = run_cli(path)
+    assert code == errors.EXIT_VALIDATION, err
+    # the pass says what it could not do, by default (not only with -v)
+    assert "warning: dynamic_batch: could not rewrite: Loop 'map/while_loop'" in err
+    assert "at profile b1to4 opt: output 'y': shape [1, 4] differs from the reference's [2, 4]" in err
+    assert "at profile b1to4 max: output 'y': shape [1, 4] differs from the reference's [4, 4]" in err
+    assert not (tmp_path / "out" / "t.plan").exists()
+    # narrowing the profile to the batch the graph is right at: validated, and the warning stays
+    path = recipe(tmp_path, "m.onnx", ["pass: dynamic_batch"], PROFILE.format(input="x", lo=[1, 4], opt=[1, 4],
+                                                                               hi=[1, 4]))
+    code, out, err = run_cli(path)
+    assert code == 0, err
+    assert "could not rewrite" in err
+    passes = report(tmp_path)["passes"]
+    assert any("could not rewrite: Loop 'map/while_loop'" in w for p in passes for w in p.get("warnings", []))
+
+
+def test_batch_generic_graph_is_compared_at_every_corner(tmp_path, run_cli):
+    make_conv_model(tmp_path / "m.onnx", dynamic_batch=True)
+    path = recipe(tmp_path, "m.onnx", ["pass: cleanup"],
+                  PROFILE.format(input="x", lo=[1, 3, 8, 8], opt=[2, 3, 8, 8], hi=[5, 3, 8, 8]))
+    code, out, err = run_cli(path)
+    assert code == 0, err
+    comps = {c["name"]: c for c in report(tmp_path)["validation"]["comparisons"]}
+    # batch 1 is the main comparison's shape; opt and max are extra comparisons, each really run
+    assert comps["source-ort vs final-ort at profile b1to4 opt"]["shapes"] == {"x": [2, 3, 8, 8]}
+    assert comps["source-ort vs final-ort at profile b1to4 max"]["shapes"] == {"x": [5, 3, 8, 8]}
+    for name in ("source-ort vs final-ort at profile b1to4 opt", "source-ort vs final-ort at profile b1to4 max"):
+        (entry,) = comps[name]["outputs"]
+        assert comps[name]["status"] == "passed" and entry["status"] == "passed" and entry["max_abs"] == 0.0
+    assert "source-ort vs final-ort at profile b1to4 min" not in comps
+
+
+def test_fixed_batch_source_runs_in_slices(tmp_path, run_cli):
+    """Source exported at batch 1, made batch-generic by dynamic_batch: at batch 3 the final model
+    is compared with three single-image source runs, concatenated."""
+    make_conv_model(tmp_path / "m.onnx", batch=1)
+    path = recipe(tmp_path, "m.onnx", ["pass: dynamic_batch"],
+                  PROFILE.format(input="x", lo=[1, 3, 8, 8], opt=[1, 3, 8, 8], hi=[3, 3, 8, 8]))
+    code, out, err = run_cli(path)
+    assert code == 0, err
+    comp = next(c for c in report(tmp_path)["validation"]["comparisons"] if c["name"].endswith("b1to4 max"))
+    assert comp["status"] == "passed" and comp["shapes"] == {"x": [3, 3, 8, 8]}
+    assert "ran 3 times" in comp["note"]
+
+
+def chain_model(path):
+    """x -> Relu -> a -> Mul(3) -> b -> Sigmoid -> y: `a` and `b` are tensors inside the graph."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mul", ["a", "three"], ["b"]),
+         helper.make_node("Sigmoid", ["b"], ["y"])],
+        "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(np.float32(3.0), "three")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    return path
+
+
+def test_a_cut_at_inner_tensors_is_compared_against_them(tmp_path, run_cli):
+    chain_model(tmp_path / "m.onnx")
+    path = recipe(tmp_path, "m.onnx", ["{pass: set_outputs, params: {outputs: [b]}}"])
+    code, out, err = run_cli(path)
+    assert code == 0, err
+    (main,) = [c for c in report(tmp_path)["validation"]["comparisons"] if c["name"] == "source-ort vs final-ort"]
+    by_output = {e["output"]: e for e in main["outputs"]}
+    assert by_output["b"]["source_output"] == "b" and by_output["b"]["status"] == "passed"
+    assert by_output["b"]["max_abs"] == 0.0
+    assert by_output["y"]["status"] == "skipped"  # the source's own output, cut away
+
+
+@pytest.fixture
+def perturbing_cut_pass():
+    """A wrong pass after the cut: scales the graph output by 1.5."""
+    import onnx_graphsurgeon as gs
+
+    from trtpipe import PassContext, register_pass, registry
+
+    @register_pass("test_scale_output", schema={"type": "object", "additionalProperties": False, "properties": {}})
+    def scale(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
+        out = graph.outputs[0]
+        scaled = gs.Variable(out.name + "_x", dtype=out.dtype, shape=out.shape)
+        k = gs.Constant("k15", np.array(1.5, np.float32))
+        graph.nodes.append(gs.Node("Mul", inputs=[out, k], outputs=[scaled]))
+        graph.outputs = [scaled]
+        ctx.output_map[scaled.name] = ctx.output_map.pop(out.name, out.name)
+        return graph
+    yield
+    registry._PASSES.pop("test_scale_output", None)
+
+
+def test_a_wrong_graph_after_a_cut_fails(tmp_path, run_cli, perturbing_cut_pass):
+    chain_model(tmp_path / "m.onnx")
+    path = recipe(tmp_path, "m.onnx", ["{pass: set_outputs, params: {outputs: [b]}}", "pass: test_scale_output"])
+    code, out, err = run_cli(path)
+    assert code == errors.EXIT_VALIDATION, err
+    assert "output 'b_x'" in err and "rel error" in err
+
+
+def test_output_map_may_name_an_inner_tensor(tmp_path, run_cli):
+    chain_model(tmp_path / "m.onnx")
+    path = recipe(tmp_path, "m.onnx", ["{pass: set_outputs, params: {outputs: [b]}}", "{pass: rename, params: "
+                                       "{tensors: {b: scores}}}"])
+    text = path.read_text().replace("validate: {data: {seed: 3}}",
+                                    "validate: {data: {seed: 3}, output_map: {scores: b}}")
+    path.write_text(text)
+    code, out, err = run_cli(path)
+    assert code == 0, err
+    (main,) = [c for c in report(tmp_path)["validation"]["comparisons"] if c["name"] == "source-ort vs final-ort"]
+    entry = next(e for e in main["outputs"] if e["output"] == "scores")
+    assert entry["source_output"] == "b" and entry["status"] == "passed"
+    # a typo among the source's tensors gets a did-you-mean
+    path.write_text(text.replace("output_map: {scores: b}", "output_map: {scores: bb}"))
+    code, out, err = run_cli(path)
+    assert code == errors.EXIT_VALIDATION and "'bb' is neither an output nor a tensor of the source model" in err

@@ -1,0 +1,313 @@
+"""Running models in ONNX Runtime and comparing their outputs, for validation and bisect.
+
+Both compare a candidate run against a reference run (the source model's) with Polygraphy:
+OnnxrtRunner through `Comparator.run`, `SimpleCompareFunc` + `Comparator.compare_accuracy` per
+output with validation's tolerances (an output passes when its error statistic is within atol OR
+within rtol relative to the reference), `Comparator.validate` for NaN/Inf. Outputs are described
+by entries ({output, source_output, status, reason, ...}, JSON-able) that the comparison fills in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+from trtpipe.errors import ValidationError, suggest
+from trtpipe.stages.validate import detections as det
+from trtpipe.stages.validate import informative
+from trtpipe.stages.validate.data import quiet_polygraphy
+
+# Runner names: they label comparisons ("source-ort vs final-ort") and the runs' results.
+SOURCE, FINAL, ENGINE, POST = "source-ort", "final-ort", "engine", "postprocess-ort"
+
+Tolerance = dict[str, Any]  # {"atol", "rtol", "statistic", "quantile"}
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+def run_ort(model_path: str | Path, name: str, feeds: Sequence[dict[str, np.ndarray]],
+            outputs: Sequence[str] | None = None, optimize: bool = True) -> Any:
+    """Run a model in ONNX Runtime through Polygraphy on every feed.
+
+    Args:
+        model_path: the .onnx file.
+        name: the runner's name (SOURCE, FINAL, a pass label, ...).
+        feeds: one {input name: array} per iteration.
+        outputs: also read these tensors inside the graph (Polygraphy marks them as outputs).
+        optimize: False turns ONNX Runtime's graph optimizations off (fp8 Q/DQ would be fused
+            into QLinearConv, which has no fp8 kernel).
+
+    Returns:
+        Polygraphy's RunResults: {name: [one IterationResult per feed]}.
+
+    Raises:
+        ValidationError: ONNX Runtime could not run the model (names it; keeps the cause).
+    """
+    model = str(model_path)
+    if outputs:
+        from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
+        model = BytesFromOnnx(ModifyOutputs(OnnxFromPath(model), outputs=outputs))
+    try:
+        with quiet_polygraphy():
+            import onnxruntime
+            level = None if optimize else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return Comparator.run([OnnxrtRunner(SessionFromOnnx(model, graph_optimization_level=level), name=name)],
+                                  data_loader=feeds)
+    except Exception as err:  # ORT or Polygraphy: name the model, keep the cause
+        raise ValidationError(f"{name}: ONNX Runtime could not run {model_path}: {type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else err}") from err
+
+
+def inner_tensors(model_path: str | Path) -> set[str]:
+    """Names of the tensors a model's main graph computes (weights are not read): what `run_ort`
+    can expose as extra outputs."""
+    import onnx
+    model = onnx.load(str(model_path), load_external_data=False)
+    return {t for node in model.graph.node for t in node.output if t}
+
+
+# -- what is compared with what --------------------------------------------------------------------
+
+def tolerance(cfg: Mapping[str, Any], defaults: Mapping[str, Any], name: str,
+              source_name: str | None = None) -> Tolerance:
+    """The tolerances of one output: `validate.outputs.<final or source name>`, else `defaults`."""
+    per = cfg["outputs"].get(name) or cfg["outputs"].get(source_name) or {}
+    return {k: per.get(k, defaults[k]) for k in ("atol", "rtol", "statistic", "quantile")}
+
+
+def skip_reason(cfg: Mapping[str, Any], final_name: str, source_name: str) -> str | None:
+    """Why `validate.skip` skips an output (by its final or its source name), or None."""
+    return cfg["skip"].get(final_name) or cfg["skip"].get(source_name)
+
+
+def pair_outputs(cfg: Mapping[str, Any], fin_out: Collection[str], comparable: Collection[str],
+                 omap: Mapping[str, str], postprocess: Mapping[str, Any] | None, *, feeds_postprocess: str,
+                 unmatched: Callable[[str], str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Pair each candidate output with the reference tensor it is compared against.
+
+    Args:
+        cfg: the resolved `validate` section (`skip`).
+        fin_out: the candidate model's output names.
+        comparable: reference tensors that can be compared (outputs, exposed inner tensors).
+        omap: {candidate output: source name} (outputs not in it keep their name).
+        postprocess: `ctx.postprocess` after `nms: split`, or None.
+        feeds_postprocess: the reason given to an output that only feeds the post-processing model.
+        unmatched: source name -> the reason given to an output nothing corresponds to.
+
+    Returns:
+        ({candidate output: reference tensor} to compare, one entry per candidate output:
+        {output, source_output, status ("pending" when paired, else "skipped"), reason}).
+    """
+    pp_inputs = set((postprocess or {}).get("inputs", {}).values())
+    pairs, entries = {}, []
+    for f in fin_out:
+        s = omap.get(f, f)
+        entry = {"output": f, "source_output": s if s in comparable else None, "status": "skipped", "reason": None}
+        why = skip_reason(cfg, f, s)
+        if why:
+            entry["reason"] = f"skipped by validate.skip: {why}"
+        elif s in comparable:
+            pairs[f] = s
+            entry["status"] = "pending"
+        elif f in pp_inputs:
+            entry["reason"] = feeds_postprocess
+        else:
+            entry["reason"] = unmatched(s)
+        entries.append(entry)
+    return pairs, entries
+
+
+def plan_outputs(cfg: Mapping[str, Any], fin_out: Collection[str], src_out: Collection[str],
+                 omap: Mapping[str, str], postprocess: Mapping[str, Any] | None,
+                 cut: Collection[str] = ()) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Validation's pairs final output -> source output (or `cut`: a source tensor inside the
+    graph) to compare, and one entry per output of either model saying what happens to it."""
+    pairs, entries = pair_outputs(
+        cfg, fin_out, set(src_out) | set(cut), omap, postprocess,
+        feeds_postprocess="not a source output; feeds the post-processing model (see detections)",
+        unmatched=lambda s: (f"not compared: the source model has no output '{s}'{suggest(s, src_out, cutoff=0.5)}; "
+                             "map it with validate.output_map if a pass renamed it"))
+    pp_outputs = set((postprocess or {}).get("outputs", {}).values())
+    mapped = {omap.get(f, f) for f in fin_out}
+    for s in src_out:
+        if s not in mapped:
+            why = ("produced by the post-processing model after `nms: split` (see detections)" if s in pp_outputs
+                   else "not compared: not an output of the final model (a pass cut or renamed it; "
+                        "map it with validate.output_map)")
+            entries.append({"output": s, "source_output": s, "status": "skipped", "reason": why})
+    return pairs, entries
+
+
+# -- comparing -------------------------------------------------------------------------------------
+
+def accuracy(cand_run: Any, ref_run: Any, pairs: Mapping[str, str],
+             tols: Mapping[str, Tolerance]) -> list[dict[str, Any]]:
+    """Polygraphy's SimpleCompareFunc with per-output tolerances, the second run the reference.
+
+    Returns:
+        Per iteration, {candidate output: OutputCompareResult, or False/None when the shapes differ}.
+    """
+    func = SimpleCompareFunc(
+        check_shapes=True, atol={f: t["atol"] for f, t in tols.items()},
+        rtol={f: t["rtol"] for f, t in tols.items()},
+        check_error_stat={f: t["statistic"] for f, t in tols.items()},
+        error_quantile={f: t["quantile"] for f, t in tols.items()},
+        find_output_func=lambda out, index, iter_result: [pairs[out]] if out in pairs else None)
+    with quiet_polygraphy():
+        result = Comparator.compare_accuracy([cand_run, ref_run], compare_func=func)[0]
+    return list(result.values())[0]
+
+
+def shapes_differ(results: Sequence[Any]) -> bool:
+    """Whether an output's per-iteration results (accuracy()) mean the shapes differ (Polygraphy
+    gives False or nothing instead of statistics)."""
+    return any(isinstance(r, bool) or r is None for r in results)
+
+
+def first_shapes(cand_run: Any, ref_run: Any, cand_name: str, ref_name: str) -> tuple[list[int], list[int]]:
+    """The shapes of one output in the first iteration of the candidate and the reference run."""
+    return (list(np.shape(list(cand_run.values())[0][0][cand_name])),
+            list(np.shape(list(ref_run.values())[0][0][ref_name])))
+
+
+def worst_errors(results: Sequence[Any], statistic: str) -> dict[str, Any]:
+    """The worst errors of one output over its iterations: max_abs, max_rel, and the chosen
+    statistic's value (abs) and value_rel; NaN/Inf as strings (JSON)."""
+    worst = lambda field: max((getattr(r, field) for r in results), key=order)  # noqa: E731
+    return {"max_abs": _num(worst("max_absdiff")), "max_rel": _num(worst("max_reldiff")),
+            "value": _num(worst(f"{statistic}_absdiff")), "value_rel": _num(worst(f"{statistic}_reldiff"))}
+
+
+def compare_outputs(name: str, cand_run: Any, ref_run: Any, pairs: Mapping[str, str],
+                    entries: Sequence[Mapping[str, Any]], tol_for: Callable[..., Tolerance], cfg: Mapping[str, Any],
+                    check: Sequence[Any] | None = None) -> dict[str, Any]:
+    """One validation comparison: element-wise with Polygraphy (the second run is the reference),
+    NaN/Inf checks, informativeness of what was compared (informative.py).
+
+    Args:
+        name: the comparison's name ("source-ort vs final-ort").
+        cand_run, ref_run: RunResults (run_ort) of the candidate and the reference.
+        pairs, entries: what plan_outputs() returned (the entries are copied, not changed).
+        tol_for: (output, source name) -> its tolerances.
+        cfg: the resolved `validate` section.
+        check: the runs checked for NaN/Inf (default: both).
+
+    Returns:
+        {name, status, reason, iterations, outputs: the filled entries, require_informative}.
+    """
+    entries = [dict(e) for e in entries]
+    by_output = {e["output"]: e for e in entries if e["status"] == "pending"}
+    if pairs:
+        tols = {f: tol_for(f, s) for f, s in pairs.items()}
+        iterations = accuracy(cand_run, ref_run, pairs, tols)
+        for f, s in pairs.items():
+            by_output[f].update(_summarize(f, s, tols[f], [it.get(f) for it in iterations], cand_run, ref_run))
+    _check_finite(cfg, check or [cand_run, ref_run], entries)
+    # Informativeness (informative.py): judged on the reference side's values of each compared output.
+    runner, ref_iterations = list(ref_run.items())[0]
+    informative.mark_outputs(entries, informative.output_verdicts(
+        {f: [it[s] for it in ref_iterations] for f, s in pairs.items()}, runner))
+    status, reason = informative.comparison_status(entries)
+    return {"name": name, "status": status, "reason": reason, "iterations": len(list(cand_run.values())[0]),
+            "outputs": entries, "require_informative": bool(cfg.get("require_informative"))}
+
+
+def _summarize(f, s, tol, results, cand_run, ref_run):
+    """One output across iterations: worst statistics, and why it failed."""
+    out = {"statistic": tol["statistic"], "atol": tol["atol"], "rtol": tol["rtol"]}
+    if tol["statistic"] == "quantile":
+        out["quantile"] = tol["quantile"]
+    if shapes_differ(results):
+        shapes = first_shapes(cand_run, ref_run, f, s)
+        return {**out, "status": "failed", "reason": f"shape {shapes[0]} differs from the reference's {shapes[1]}"}
+    stat = tol["statistic"]
+    out.update(worst_errors(results, stat))
+    if all(bool(r) for r in results):
+        return {**out, "status": "passed", "reason": None, "bound": _bound(out)}
+    return {**out, "status": "failed", "bound": None,
+            "reason": f"{stat} abs error {fmt(out['value'])} > atol {tol['atol']:g} and {stat} rel error "
+                      f"{fmt(out['value_rel'])} > rtol {tol['rtol']:g}"
+                      + (f" (max abs {fmt(out['max_abs'])}, max rel {fmt(out['max_rel'])})" if stat != "max" else "")}
+
+
+def _bound(out):
+    """Which bound a passed output held (Polygraphy: abs error <= atol OR rel error <= rtol, per
+    iteration): "abs", "rel", "abs+rel", or "abs/rel per iteration" when neither held for the
+    worst values of all iterations but each iteration held one."""
+    within = lambda value, tol: isinstance(value, (int, float)) and value <= tol  # noqa: E731
+    held = [k for k, v, t in (("abs", out["value"], out["atol"]), ("rel", out["value_rel"], out["rtol"]))
+            if within(v, t)]
+    return "+".join(held) or "abs/rel per iteration"
+
+
+def _check_finite(cfg, runs, entries):
+    """NaN/Inf checks (Polygraphy's Comparator.validate) on every output of every runner."""
+    if not (cfg["check_nan"] or cfg["check_inf"]):
+        return
+    for run in runs:
+        with quiet_polygraphy():
+            if Comparator.validate(run, check_nan=cfg["check_nan"], check_inf=cfg["check_inf"]):
+                continue
+        runner, iterations = list(run.items())[0]
+        for name in iterations[0].keys():
+            values = np.concatenate([np.asarray(it[name], dtype=np.float64).ravel() for it in iterations
+                                     if np.issubdtype(np.asarray(it[name]).dtype, np.number)] or [np.zeros(0)])
+            bad = {"NaN": int(np.isnan(values).sum()) if cfg["check_nan"] else 0,
+                   "Inf": int(np.isinf(values).sum()) if cfg["check_inf"] else 0}
+            text = ", ".join(f"{n} {k} value(s)" for k, n in bad.items() if n)
+            if not text:
+                continue
+            key = "output" if runner != SOURCE else "source_output"
+            for entry in [e for e in entries if e[key] == name]:
+                note = f"{text} in {runner} output '{name}' (validate.check_{'nan' if bad['NaN'] else 'inf'})"
+                entry["reason"] = note + (f"; {entry['reason']}" if entry.get("reason") else "")
+                entry["status"] = "failed"
+
+
+# -- detections after `nms: split` -----------------------------------------------------------------
+
+def run_postprocess(pp_path: str | Path, postprocess: Mapping[str, Any], run: Any) -> list[dict[str, np.ndarray]]:
+    """Run the post-processing model of `nms: split` on a run's outputs.
+
+    Returns:
+        Per iteration, its outputs under the source's names (`postprocess["outputs"]`).
+
+    Raises:
+        ValidationError: ONNX Runtime could not run the post-processing model.
+    """
+    feeds = [{pp_in: it[fin] for pp_in, fin in postprocess["inputs"].items()} for it in list(run.values())[0]]
+    pp_run = run_ort(pp_path, POST, feeds)
+    rename = postprocess["outputs"]  # post-processing output -> source output
+    return [{rename[k]: v for k, v in it.items() if k in rename} for it in list(pp_run.values())[0]]
+
+
+def match_detections(ref_iterations: Sequence[Any], cand: Sequence[Mapping[str, np.ndarray]],
+                     postprocess: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The post-processed detections (run_postprocess) against the source's NMS outputs, matched
+    by IoU with `validate.detections` (detections.py)."""
+    dcfg = dict(cfg["detections"])  # iou_threshold and score_atol resolved with the recipe
+    roles = det.detection_roles(list(postprocess["outputs"].values()), dcfg)
+    return det.compare_detections([dict(it.items()) for it in ref_iterations], cand, roles, dcfg)
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+
+def order(x: float | None) -> float:
+    """Sort key of an error: None and NaN are the worst."""
+    return math.inf if x is None or math.isnan(x) else x
+
+
+def _num(x):
+    """JSON-safe number: NaN/Inf become strings."""
+    return x if x is None or math.isfinite(x) else str(x)
+
+
+def fmt(x: Any) -> str:
+    """A number as messages and tables show it (4 significant digits)."""
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
