@@ -191,3 +191,31 @@ def test_a_pass_package_importing_its_own_top_level_helper(tmp_path, monkeypatch
     before = code_digest(["acme_pass_pkg.scale"])
     (tmp_path / "acme_side_helper.py").write_text("SCALE = 2.0\n")
     assert code_digest(["acme_pass_pkg.scale"]) != before
+
+
+def test_profiles_are_part_of_validation_and_build_keys(tmp_path, run_cli, cache_dir):
+    """Validation compares at every profile corner, so a profile edit re-runs it (and the build), and
+    `diff` says so."""
+    make_conv_model(tmp_path / "tiny.onnx", dynamic_batch=True)
+    body = textwrap.dedent("""
+        name: tiny
+        source: {{onnx: tiny.onnx}}
+        passes: []
+        build:
+          profiles:
+            - {{name: p, inputs: {{x: {{min: [1, 3, 8, 8], opt: [2, 3, 8, 8], max: [{hi}, 3, 8, 8]}}}}}}
+        output: {{dir: out}}
+        """)
+    old = write_recipe(tmp_path / "old.yaml", body.format(hi=3))
+    recipe = write_recipe(tmp_path / "tiny.yaml", body.format(hi=3))
+    assert run_cli(recipe, "--quiet")[0] == 0
+    write_recipe(tmp_path / "tiny.yaml", body.format(hi=6))
+    code, _, err = run_cli(recipe, "--quiet")
+    assert code == 0, err
+    st = statuses(tmp_path / "out")
+    assert (st["source"], st["precision"], st["validate"], st["build"]) == ("cached", "cached", "ran", "ran")
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any(c["name"].endswith("at profile p max") and c["shapes"] == {"x": [6, 3, 8, 8]}
+               for c in rep["validation"]["comparisons"])
+    code, out, _ = run_cli("diff", old, recipe)
+    assert code == 0 and "build.profiles changed -> re-runs validate, build, publish" in out

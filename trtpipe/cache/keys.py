@@ -104,6 +104,8 @@ class Keys:
         cfg = self.recipe.data.get("validate")
         return digest({"stage": "validate", "source": source_sha, "final": final_sha, "ctx": ctx_state,
                        "validate": cfg, "precision": self.recipe.data["precision"], "plan": plan_sha,
+                       # validation also compares at every profile corner (validate/corners.py)
+                       "profiles": self.recipe.data["build"]["profiles"],
                        "backend": [self.backend.name, self.backend.version, self._ccs()] if plan_sha else None,
                        "files": referenced_files(cfg, self.recipe.dir, self.hasher),
                        "versions": versions("onnx", "onnxruntime", "polygraphy", "numpy", "pillow"),

@@ -85,6 +85,9 @@ def diff_recipes(old_raw: object, new_raw: object, old_dir: Path | None = None, 
             continue
         changes += _diff_section(key, old, new, old_raw, new_raw, ctx)
     _validation_feeds_precision(changes, new)
+    for c in changes:  # validation compares at every profile corner: profiles are its input too
+        if c.section == "build" and c.subject.startswith("build.profiles"):
+            c.start = "profiles"
     warnings = [f"{label} recipe has {len(errs)} recipe error(s), e.g. {errs[0]}; "
                 f"`python pipeline.py check` lists them" for label, errs in
                 (("old", _errors(old_raw)), ("new", _errors(new_raw))) if errs]

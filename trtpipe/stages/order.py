@@ -29,10 +29,13 @@ def _stage_index(start, n):
 
 
 def downstream(start: str | tuple[str, int], n: int, validate_enabled: bool = True) -> list[str]:
-    """Stage labels `start` ("source", ("passes", i), "precision", ...) re-runs, in run order."""
+    """Stage labels `start` ("source", ("passes", i), "precision", ..., or "profiles" for
+    build.profiles, which both validation and the build read) re-runs, in run order."""
     labels = stage_labels(n)
     if start == "build":
         out = ["build", "publish"]
+    elif start == "profiles":  # build.profiles: the plan, and the shapes validation compares at
+        out = ["validate", "build", "publish"]
     elif start == "validate":
         out = ["validate", "publish"]
     elif start == "publish":

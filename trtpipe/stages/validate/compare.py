@@ -142,10 +142,14 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
     main = compare_outputs(f"{SOURCE} vs {FINAL}", fin_run, src_run, pairs, entries, tol_for, cfg)
     result = {"status": None, "reason": None, "data": data, "tolerances": tolerances, "comparisons": [main]}
     shown = {n: list(a.shape) for n, a in final_feeds[0].items()} if final_feeds else None
+    corner_runs = []  # (label, final feed, final-ort run) for the engine comparison at each corner
     for corner in profile_corners(profiles, contract, src_in, fin_in, compared=shown):
-        result["comparisons"].append(_at_corner(
+        comp, ran = _at_corner(
             corner, cfg, source_model_path, final_ort_path or final_model_path, final_ort_optimize, src_in, fin_in,
-            contract, src_outputs, pairs, entries, tol_for, base_dir, locate))
+            contract, src_outputs, pairs, entries, tol_for, base_dir, locate)
+        result["comparisons"].append(comp)
+        if ran:
+            corner_runs.append((corner.label, *ran))
     if postprocess:
         result["detections"] = _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances)
     elif main["status"] == "skipped" and not all(skip_reason(cfg, f, omap.get(f, f)) for f in fin_out):
@@ -153,8 +157,11 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
         main.update(status="failed", reason=f"no output of the final model {list(fin_out)} corresponds to an "
                                             f"output of the source model {list(src_out)}; map them with "
                                             f"validate.output_map or skip them with a reason (validate.skip)")
-    result["comparisons"].append(_engine(cfg, backend, plan_path, compute_capabilities, final_feeds, fin_run,
-                                         fin_out, omap, tol_for))
+    engine = _engine(cfg, backend, plan_path, compute_capabilities, final_feeds, fin_run, fin_out, omap, tol_for)
+    result["comparisons"].append(engine)
+    if engine["status"] != "skipped":  # where a GPU runs the plan: at every profile corner too
+        result["comparisons"] += [_engine(cfg, backend, plan_path, compute_capabilities, [feed], run, fin_out, omap,
+                                          tol_for, label=label) for label, feed, run in corner_runs]
     return _finish(result, where, log)
 
 
@@ -182,7 +189,7 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
     if corner.problem:
         return {"name": name, "status": "inconclusive", "uncompared": True,
                 "reason": f"cannot compare at this profile corner: {corner.problem}; narrow the profile, or "
-                          f"validate at shapes the source model accepts"}
+                          f"validate at shapes the source model accepts"}, None
     feeds, _ = make_source_feeds(data_config(corner, cfg["data"], cfg["data"].get("seed", 1)), src_in, contract,
                                  base_dir=base_dir, locate=locate)
     src_run = run_ort(source_path, SOURCE, feeds, src_outputs)
@@ -194,7 +201,7 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
     if corner.slices > 1:
         comp["note"] = (f"the source model has a fixed batch: it ran {corner.slices} times, outputs concatenated "
                         f"along axis 0")
-    return comp
+    return comp, (final_feed, fin_run)
 
 
 def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances):
@@ -209,8 +216,8 @@ def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision,
     return match_detections(ref, cand, postprocess, cfg)
 
 
-def _engine(cfg, backend, plan_path, ccs, final_feeds, fin_run, fin_out, omap, tol_for):
-    name = f"{ENGINE} vs {FINAL}"
+def _engine(cfg, backend, plan_path, ccs, final_feeds, fin_run, fin_out, omap, tol_for, label=None):
+    name = f"{ENGINE} vs {FINAL}" + (f" at {label}" if label else "")
     skipped = lambda why: {"name": name, "status": "skipped", "reason": why}  # noqa: E731
     if not cfg["engine"]:
         return skipped("validate.engine is false")
