@@ -193,6 +193,11 @@ def test_installed_wheel_runs_from_anywhere(venv, workdir):
     (workdir / "docs" / "passes.md").write_text("old\n")
     code, out, err = _run([bin_dir / "trt-pipeline", "docs", "--check"], cwd=workdir)
     assert code == 3 and "docs/passes.md is stale" in err, out + err
+    # writing outside a checkout needs an explicit folder: nobody's docs/ is overwritten by accident
+    code, out, err = _run([bin_dir / "trt-pipeline", "docs"], cwd=workdir)
+    assert code == 2 and "docs --dir DIR" in err and (workdir / "docs" / "passes.md").read_text() == "old\n"
+    code, out, err = _run([bin_dir / "trt-pipeline", "docs", "--dir", "generated"], cwd=workdir)
+    assert code == 0 and (workdir / "generated" / "recipe.md").is_file(), out + err
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import textwrap
 from typing import NoReturn
 
 from trtpipe.commands import COMMANDS, command, guarded
-from trtpipe.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
+from trtpipe.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, PipelineError
 
 
 def _exit_code_help():
@@ -88,6 +88,11 @@ def cmd_passes(argv: list[str]) -> int:
     from trtpipe.console import UI
     from trtpipe.review.docs import pass_markdown, pass_names_table
     ui = UI()
+    try:
+        registry.load_all()  # a broken third-party entry point: its message and exit code, as a run gives
+    except PipelineError as err:
+        ui.error(str(err), err.exit_code)
+        return err.exit_code
     if args.name:
         info = registry.get(args.name)
         if info is None:

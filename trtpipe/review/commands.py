@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from trtpipe.commands import command, guarded
-from trtpipe.errors import EXIT_OK, EXIT_RECIPE, EXIT_USAGE, PipelineError, RecipeError
+from trtpipe.errors import EXIT_OK, EXIT_OUTPUT, EXIT_RECIPE, EXIT_USAGE, PipelineError, RecipeError
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout holding trtpipe/, schemas/ and docs/ (or site-packages)
 DOCS = {"passes.md": "passes_md", "recipe.md": "recipe_md"}
@@ -261,21 +261,26 @@ def cmd_fmt(argv: list[str]) -> int:
 
 # ------------------------------------------------------------------------------ docs
 
+def checkout() -> Path | None:
+    """The checkout this code runs from (source tree or editable install), None for a plain install."""
+    return REPO if (REPO / "setup.cfg").is_file() and (REPO / "trtpipe").is_dir() else None
+
+
 def docs_root() -> Path:
-    """The directory holding docs/: the checkout this code runs from (source tree or editable
-    install), else, for a plain install (the code is in site-packages), the current directory."""
-    return REPO if (REPO / "setup.cfg").is_file() and (REPO / "trtpipe").is_dir() else Path.cwd()
+    """The directory holding docs/: the checkout's, else (a plain install) the current directory."""
+    return checkout() or Path.cwd()
 
 
-def generated_docs() -> dict[Path, str]:
-    """{path: text} of the documentation generated from the schemas."""
+def generated_docs(docs_dir: Path | None = None) -> dict[Path, str]:
+    """{path: text} of the documentation generated from the schemas, in `docs_dir` (default: the
+    checkout's docs/, else ./docs)."""
     from trtpipe import registry
     from trtpipe.recipe.schema import load_schema
     from trtpipe.review import docs
     builtin = [i for i in registry.all_passes() if i.origin.startswith("passes.")]  # not third-party plugins
-    root = docs_root()
-    return {root / "docs" / "passes.md": docs.passes_md(builtin),
-            root / "docs" / "recipe.md": docs.recipe_md(load_schema("recipe.schema.json"))}
+    folder = docs_dir or docs_root() / "docs"
+    return {folder / "passes.md": docs.passes_md(builtin),
+            folder / "recipe.md": docs.recipe_md(load_schema("recipe.schema.json"))}
 
 
 @command("docs")
@@ -283,19 +288,34 @@ def cmd_docs(argv: list[str]) -> int:
     parser = _parser("docs", "Regenerate docs/passes.md and docs/recipe.md from the JSON schemas and the pass "
                      "docstrings.", "exit codes: 0 ok (or, with --check, up to date), 3 stale (--check)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 3 when the docs are stale")
+    parser.add_argument("--dir", metavar="DIR", help="the docs folder (default: the checkout's docs/; outside a "
+                                                     "checkout required to write, so that no one's docs/ is "
+                                                     "overwritten by accident)")
     args = parser.parse_args(argv)
     from trtpipe.review.fmt import write_atomically
-    wanted, root = generated_docs(), docs_root()
-    stale = [p for p, text in wanted.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
     ui = _ui()
+    if not args.check and not args.dir and checkout() is None:
+        ui.error("not running from a trt-pipeline checkout: say where to write the generated docs with "
+                 "`docs --dir DIR` (files: passes.md, recipe.md)", EXIT_USAGE)
+        return EXIT_USAGE
+    docs_dir = Path(args.dir).resolve() if args.dir else None
+    wanted, root = generated_docs(docs_dir), docs_root()
+    stale = [p for p, text in wanted.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
     if args.check:
         for p in stale:
             why = "is stale: the schemas or pass docstrings changed" if p.exists() else "is missing"
             ui.error(f"{_shown(p, root)} {why} (run `python pipeline.py docs`)", EXIT_RECIPE)
         return EXIT_RECIPE if stale else EXIT_OK
     for p in stale:
-        write_atomically(p, wanted[p])
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(p, wanted[p])
+        except OSError as err:
+            ui.error(f"cannot write {p}: {err.strerror or err}", EXIT_OUTPUT)
+            return EXIT_OUTPUT
         ui.out.print(f"wrote {_shown(p, root)}", markup=False)
+    if not stale:
+        ui.out.print(f"up to date: {', '.join(_shown(p, root) for p in wanted)}", markup=False)
     return EXIT_OK
 
 
