@@ -59,6 +59,8 @@ CASES = {
                                  ["r.yaml:8:3", "build.workspace", "more than the builder can be given"]),
     "yaml12_exponent_float": (BASE + "validate: {atol: 1e-3, rtol: -1e-3}\n", errors.EXIT_RECIPE,
                               ["validate.rtol", "minimum"]),
+    "reversed_data_range": (BASE + "validate:\n  data:\n    inputs:\n      x: {range: [1, 0]}\n", errors.EXIT_RECIPE,
+                            ["r.yaml:10:", "validate.data.inputs.x.range: [1, 0] is empty", "write [0, 1]"]),
     "int8_distribution": (BASE + "precision: {mode: int8, method: distribution}\n", errors.EXIT_RECIPE,
                           ["r.yaml:7:", "'distribution' is ONNX Runtime's float8 calibrator"]),
     "profile_min_gt_max": (BASE + "build:\n  profiles:\n    - name: p\n      inputs:\n"

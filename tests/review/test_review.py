@@ -604,7 +604,7 @@ def test_docs_content_and_stale_detection(run_cli, monkeypatch):
     assert run_cli("docs", "--check")[0] == 0
     real = review.generated_docs
     monkeypatch.setattr(review, "generated_docs",
-                        lambda: {p: t + "\nnew schema text\n" if p.name == "passes.md" else t
+                        lambda docs_dir=None: {p: t + "\nnew schema text\n" if p.name == "passes.md" else t
                                  for p, t in real().items()})
     code, _, err = run_cli("docs", "--check")
     assert code == 3 and "docs/passes.md is stale" in err

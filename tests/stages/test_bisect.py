@@ -134,3 +134,38 @@ def test_node_changes_lists_added_removed_and_changed(tmp_path):
                        "changed": ["Conv 'conv' (values of 'b')"], "initializers": ["b"]}
     text = describe_changes(changes)
     assert text == "added Sigmoid 'sig'; removed Relu 'relu'; changed Conv 'conv' (values of 'b')"
+
+
+def test_the_recipes_output_map_applies_to_the_final_model_only(tmp_path, run_cli):
+    """validate.output_map names FINAL outputs: an earlier pass's model may have an output of the same
+    name that is something else (here the source's own `Y`, before the cut and rename)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["X"], ["n"], name="neg"), helper.make_node("Add", ["n", "three"], ["r"]),
+         helper.make_node("Sin", ["r"], ["Y"])], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(np.float32(3.0), "three")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+              str(tmp_path / "m.onnx"))
+    body = """
+        name: t
+        source: {{onnx: m.onnx}}
+        passes:
+          - pass: cleanup
+          - {{pass: set_outputs, params: {{outputs: [r]}}}}
+          - {{pass: rename, params: {{tensors: {{r: Y}}}}}}
+        {extra}
+        validate: {{output_map: {{Y: r}}, bisect: always}}
+        output: {{dir: out}}
+        """
+    path = write_recipe(tmp_path / "r.yaml", body.format(extra=""))
+    code, out, err = run_cli(path)
+    assert code == 0, err
+    code, out, err = run_cli("bisect", path)
+    assert code == 0 and "every pass agrees" in out, out + err
+    # a wrong pass after the rename is the one named, not the first pass
+    path = write_recipe(tmp_path / "r.yaml", body.format(extra="  - {pass: remove_nodes, params: {names: [neg]}}"))
+    code, out, err = run_cli(path)
+    assert code == 6 and "first diverging pass: passes[3] remove_nodes" in err, err

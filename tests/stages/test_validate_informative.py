@@ -88,7 +88,7 @@ def table(result):
 def test_constant_output_is_inconclusive(tmp_path):
     src = constant_softmax(tmp_path / "m.onnx")
     result = run(src, src)
-    why = ("constant: all 10 values are 0.1 in source-ort (1 iteration(s)); a model that ignores its input "
+    why = ("constant: all 20 values are 0.1 in source-ort (2 iteration(s)); a model that ignores its input "
            "would match it")
     probs = entry(result, "probs")
     assert (probs["status"], probs["informative"], probs["reason"]) == ("inconclusive", False, f"uninformative: {why}")
@@ -109,8 +109,8 @@ def test_require_informative_fails(tmp_path):
     assert exc.value.exit_code == EXIT_VALIDATION
     assert str(exc.value).splitlines()[:2] == [
         "r.yaml:7:3: validation inconclusive (validate.require_informative is true):",
-        "  source-ort vs final-ort: every compared output is uninformative: 'probs' constant: all 10 values are "
-        "0.1 in source-ort (1 iteration(s)); a model that ignores its input would match it"]
+        "  source-ort vs final-ort: every compared output is uninformative: 'probs' constant: all 20 values are "
+        "0.1 in source-ort (2 iteration(s)); a model that ignores its input would match it"]
     assert exc.value.result["status"] == "inconclusive"
 
 
@@ -126,7 +126,9 @@ def test_input_independent_output_is_inconclusive(tmp_path):
     """Values differ from element to element, but not from one input to the next."""
     src = save(tmp_path / "m.onnx", offset("b"), [vi("x", [1, 8])], [vi("y", [1, 8])],
                [const("zero", [0.0]), const("b", np.arange(8))])
-    assert run(src, src)["status"] == "passed"  # one input cannot show that the output ignores it
+    # one input cannot show that the output ignores it: hence the default of two iterations
+    assert run(src, src, {"data": {"iterations": 1}})["status"] == "passed"
+    assert run(src, src)["status"] == "inconclusive"
     result = run(src, src, {"data": {"iterations": 3}})
     assert result["status"] == "inconclusive"
     assert entry(result, "y")["reason"] == ("uninformative: the same in all 3 iterations of source-ort: it does not "
@@ -293,8 +295,8 @@ def test_inconclusive_run_and_require_informative(tmp_path, run_cli):
     code, out, err = run_cli(recipe_for(tmp_path, tmp_path / "m.onnx"), "--quiet")
     assert code == 0, err
     rep, md = report_of(tmp_path)
-    why = ("source-ort vs final-ort: every compared output is uninformative: 'probs' constant: all 10 values are 0.1 "
-           "in source-ort (1 iteration(s)); a model that ignores its input would match it")
+    why = ("source-ort vs final-ort: every compared output is uninformative: 'probs' constant: all 20 values are 0.1 "
+           "in source-ort (2 iteration(s)); a model that ignores its input would match it")
     assert (rep["validation"]["status"], rep["validation"]["reason"]) == ("inconclusive", why)
     assert f"**validation inconclusive**: {why}" in md
     assert "| `probs` | max | 0 | 0 | 0.0001 / 0.001 | abs+rel | inconclusive (uninformative: constant" in md

@@ -170,4 +170,64 @@ def test_output_map_may_name_an_inner_tensor(tmp_path, run_cli):
     # a typo among the source's tensors gets a did-you-mean
     path.write_text(text.replace("output_map: {scores: b}", "output_map: {scores: bb}"))
     code, out, err = run_cli(path)
-    assert code == errors.EXIT_VALIDATION and "'bb' is neither an output nor a tensor of the source model" in err
+    assert code == errors.EXIT_RECIPE and "validate.output_map.scores: 'bb' is neither an output nor a tensor" in err
+
+
+def save_model(path, nodes, inputs, outputs, inits=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    return path
+
+
+def vi(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def test_an_output_folded_to_a_constant_is_still_compared(tmp_path, run_cli):
+    """Shape(X) as an output: fold_constants makes it the constant [1, 2]; at batch 4 the source
+    says [4, 2]. The folded output must be compared (it used to be dropped as 'not an output')."""
+    save_model(tmp_path / "m.onnx", [helper.make_node("Shape", ["X"], ["S"]), helper.make_node("Neg", ["X"], ["Y"])],
+               [vi("X", ["b", 2])], [vi("S", [2], TensorProto.INT64), vi("Y", ["b", 2])])
+    path = recipe(tmp_path, "m.onnx", ["{pass: set_input, params: {shape: [1, 2]}}", "pass: fold_constants",
+                                       "pass: dynamic_batch"],
+                  PROFILE.format(input="X", lo=[1, 2], opt=[2, 2], hi=[4, 2]))
+    code, out, err = run_cli(path)
+    assert code == errors.EXIT_VALIDATION, err
+    assert "at profile b1to4 max: output 'S'" in err
+
+
+def test_a_scalar_output_of_a_fixed_batch_source_is_not_guessed(tmp_path, run_cli):
+    """ReduceSum over everything: the source's per-image scalars cannot be joined into a batch
+    result; the corner says so (inconclusive), never a traceback or a made-up comparison."""
+    save_model(tmp_path / "m.onnx", [helper.make_node("ReduceSum", ["X"], ["Y"], keepdims=0)],
+               [vi("X", [1, 4])], [vi("Y", [])])
+    path = recipe(tmp_path, "m.onnx", ["pass: dynamic_batch"], PROFILE.format(input="X", lo=[1, 4], opt=[1, 4],
+                                                                               hi=[4, 4]))
+    code, out, err = run_cli(path)
+    assert code == 0, err
+    rep = report(tmp_path)
+    assert rep["validation"]["status"] == "inconclusive"
+    (corner,) = [c for c in rep["validation"]["comparisons"] if c["name"].endswith("b1to4 max")]
+    assert corner["status"] == "inconclusive" and corner["uncompared"] is True
+    (entry,) = corner["outputs"]
+    assert entry["status"] == "skipped" and "has no batch axis of size 1 first" in entry["reason"]
+
+
+def test_integer_outputs_must_match_exactly(tmp_path, run_cli):
+    """A wrong class index must fail even under a loose float tolerance meant for other outputs."""
+    save_model(tmp_path / "m.onnx", [helper.make_node("Neg", ["X"], ["N"], name="neg"),
+                                     helper.make_node("ArgMax", ["N"], ["A"], axis=1, keepdims=0),
+                                     helper.make_node("Mul", ["X", "k"], ["F"])],
+               [vi("X", [2, 6])], [vi("A", [2], TensorProto.INT64), vi("F", [2, 6])],
+               [numpy_helper.from_array(np.float32(100), "k")])
+    path = write_recipe(tmp_path / "r.yaml", """
+        name: t
+        source: {onnx: m.onnx}
+        passes:
+          - {pass: remove_nodes, params: {names: [neg]}}
+        validate: {atol: 5}
+        output: {dir: out}
+        """)
+    code, out, err = run_cli(path)
+    assert code == errors.EXIT_VALIDATION, err
+    assert "output 'A'" in err and "atol 0" in err and "output 'F'" not in err

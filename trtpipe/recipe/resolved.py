@@ -61,6 +61,7 @@ def resolve_values(data: dict, locate: Locate) -> None:
     """
     check_finite(data.get("validate"), ("validate",), locate)
     check_finite(data.get("precision"), ("precision",), locate)  # overflow_threshold, percentile, ranges
+    _check_ranges(data, locate)
     data["precision"] = normalize(data.get("precision"), locate)
     data["validate"] = resolve_validate(data.get("validate"), data["precision"]["mode"])
     build = data["build"]
@@ -109,6 +110,24 @@ def check_finite(value: object, path: tuple, locate: Locate) -> None:
         file = locate(tuple(path)).rsplit(":", 2)[0]
         raise RecipeError(bad[0] if len(bad) == 1 else f"{file}: {len(bad)} recipe errors:\n  " + "\n  ".join(bad),
                           hint="write finite numbers (e.g. `atol: 1e-3`); YAML's .nan and .inf are not allowed here")
+
+
+def _check_ranges(data: dict, locate: Locate) -> None:
+    """A data range [lo, hi] (validate.data / precision.calibration inputs) needs lo <= hi."""
+    places = [("validate", "data")]
+    if isinstance(data.get("precision"), dict):
+        places.append(("precision", "calibration"))
+    for place in places:
+        section = data
+        for key in place:
+            section = section.get(key) if isinstance(section, dict) else None
+        inputs = section.get("inputs") if isinstance(section, dict) else None
+        for name, spec in (inputs or {}).items():
+            rng = spec.get("range") if isinstance(spec, dict) else None
+            if isinstance(rng, list) and len(rng) == 2 and rng[0] > rng[1]:
+                path = (*place, "inputs", name, "range")
+                raise RecipeError(f"{locate(path)}: {key_path(path)}: [{rng[0]}, {rng[1]}] is empty: the low end "
+                                  f"comes first", hint=f"write [{rng[1]}, {rng[0]}]")
 
 
 def resolve_validate(validate_cfg: dict | None, mode: str) -> dict:

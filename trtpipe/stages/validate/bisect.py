@@ -198,7 +198,7 @@ def bisect_passes(source_path: str | Path, steps: Sequence[PassModel], validate_
     source_tensors = inner_tensors(source_path)
     extra = []
     for step in steps:
-        omap = {**(step.ctx.get("output_map") or {}), **cfg["output_map"]}
+        omap = _output_map(step, steps, cfg)
         extra += [e["source_tensor"] for e in (step.ctx.get("input_contract") or {}).values()
                   if not e.get("source_input") and e.get("source_tensor")]
         try:
@@ -231,7 +231,7 @@ def bisect_passes(source_path: str | Path, steps: Sequence[PassModel], validate_
                 row["detections"] = before["detections"]
             row["reason"] = f"model and context unchanged since {before['label']} (not run again)"
         else:
-            _run_step(row, step, feeds, src_run, ref_iters, src_out, comparable, cfg, tolerances)
+            _run_step(row, step, steps, feeds, src_run, ref_iters, src_out, comparable, cfg, tolerances)
         log(f"bisect: {step.label} {step.name}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else ""))
         if row["status"] == "failed" and first is None:
             before_path = steps[k - 1].path if k else source_path
@@ -263,7 +263,15 @@ def _ctx_key(ctx):
     return [ctx.get(k) for k in ("input_contract", "output_map", "postprocess")]
 
 
-def _run_step(row, step, feeds, src_run, ref_iters, src_out, comparable, cfg, tolerances):
+def _output_map(step, steps, cfg):
+    """{output name: source name} for one pass's model: what the passes up to it recorded, and the
+    recipe's validate.output_map only for the last one (its keys name the FINAL model's outputs; an
+    earlier model may have an output of the same name that is something else)."""
+    recorded = dict(step.ctx.get("output_map") or {})
+    return {**recorded, **cfg["output_map"]} if step is steps[-1] else recorded
+
+
+def _run_step(row, step, steps, feeds, src_run, ref_iters, src_out, comparable, cfg, tolerances):
     """Run one pass's model on the data and compare it with the source run; fills `row`."""
     try:
         if step.verify:
@@ -277,7 +285,7 @@ def _run_step(row, step, feeds, src_run, ref_iters, src_out, comparable, cfg, to
     except ValidationError as err:
         row.update(status="error", reason=err.message)
         return
-    omap = {**(step.ctx.get("output_map") or {}), **cfg["output_map"]}
+    omap = _output_map(step, steps, cfg)
     postprocess = step.ctx.get("postprocess")
     pairs, entries = pair_outputs(cfg, fin_out, comparable, omap, postprocess,
                                   feeds_postprocess="feeds the post-processing model (see detections)",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from polygraphy.comparator import Comparator
 
-from trtpipe.errors import BuildError, ValidationError, suggest
+from trtpipe.errors import BuildError, RecipeError, ValidationError, suggest
 from trtpipe.recipe.precision import normalize
 from trtpipe.recipe.resolved import resolve_validate
 from trtpipe.stages.validate import informative
@@ -117,7 +117,7 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
     src_in, src_out = model_io(source_model_path)
     fin_in, fin_out = model_io(final_model_path)
     src_tensors = inner_tensors(source_model_path)
-    _check_names(cfg, src_out, fin_out, src_tensors, where)
+    _check_names(cfg, src_out, fin_out, src_tensors, locate)
 
     contract = input_contract or {}
     feeds, data = make_source_feeds(cfg["data"], src_in, contract, base_dir=base_dir, locate=locate)
@@ -165,20 +165,21 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
     return _finish(result, where, log)
 
 
-def _check_names(cfg, src_out, fin_out, src_tensors, where):
+def _check_names(cfg, src_out, fin_out, src_tensors, locate):
     """Catch typos in output names the recipe mentions (source tensors inside the graph count too:
-    a cut's outputs are compared against them)."""
+    a cut's outputs are compared against them). They are recipe errors, located at the key."""
+    at = (lambda *path: f"{locate(('validate', *path))}: ") if locate else (lambda *path: "")
     known = list(dict.fromkeys(list(fin_out) + list(src_out)))
     for key in ("skip", "outputs", "output_map"):
         for name in cfg[key]:
             if name not in known and name not in src_tensors:
-                raise ValidationError(f"{where}validate.{key}: '{name}' is not an output of the source or the "
-                                      f"final model {known}{suggest(name, known, cutoff=0.5)}")
+                raise RecipeError(f"{at(key, name)}validate.{key}.{name}: '{name}' is not an output of the source "
+                                  f"or the final model {known}{suggest(name, known, cutoff=0.5)}")
     for final, source in cfg["output_map"].items():
         if source not in src_out and source not in src_tensors:
-            raise ValidationError(f"{where}validate.output_map.{final}: '{source}' is neither an output nor a "
-                                  f"tensor of the source model {list(src_out)}"
-                                  f"{suggest(source, list(src_out) + sorted(src_tensors), cutoff=0.5)}")
+            raise RecipeError(f"{at('output_map', final)}validate.output_map.{final}: '{source}' is neither an output "
+                              f"nor a tensor computed by the source model {list(src_out)}"
+                              f"{suggest(source, list(src_out) + sorted(src_tensors), cutoff=0.5)}")
 
 
 def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin_in, contract, src_outputs,
@@ -193,10 +194,24 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
     feeds, _ = make_source_feeds(data_config(corner, cfg["data"], cfg["data"].get("seed", 1)), src_in, contract,
                                  base_dir=base_dir, locate=locate)
     src_run = run_ort(source_path, SOURCE, feeds, src_outputs)
-    joined = RunResults([(SOURCE, [IterationResult(concat_outputs(list(src_run.values())[0]), runner_name=SOURCE)])])
+    batch = next(iter(corner.source_shapes.values()))[0] if corner.source_shapes else 1
+    outputs, unassembled = concat_outputs(list(src_run.values())[0], batch)
+    joined = RunResults([(SOURCE, [IterationResult(outputs, runner_name=SOURCE)])])
     final_feed = apply_contract(concat_feeds(feeds), contract, fin_in)
     fin_run = run_ort(final_path, FINAL, [final_feed], optimize=final_optimize)
+    if unassembled:  # those outputs are not compared here; the rest are
+        pairs = {f: s for f, s in pairs.items() if s not in unassembled}
+        entries = [dict(e, status="skipped", reason=unassembled[e["source_output"]])
+                   if e.get("source_output") in unassembled and e["status"] == "pending" else e for e in entries]
     comp = compare_outputs(name, fin_run, joined, pairs, entries, tol_for, cfg)
+    if unassembled and pairs:  # the plan accepts this shape; these outputs are not proven there
+        comp.update(uncompared=True, reason=f"output(s) {sorted(unassembled)} not compared at this corner: the "
+                                            f"fixed-batch source cannot produce them at this batch")
+    if unassembled and not pairs:
+        comp.update(status="inconclusive", uncompared=True,
+                    reason="cannot compare at this profile corner: no output of the fixed-batch source can be "
+                           "assembled from single-batch runs (see each output); narrow the profile to the source's "
+                           "batch, or export the source with a dynamic batch")
     comp["shapes"] = corner.final_shapes
     if corner.slices > 1:
         comp["note"] = (f"the source model has a fixed batch: it ran {corner.slices} times, outputs concatenated "

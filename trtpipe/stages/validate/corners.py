@@ -150,9 +150,20 @@ def concat_feeds(feeds: list[OrderedDict]) -> OrderedDict:
     return OrderedDict((name, np.concatenate([f[name] for f in feeds], axis=0)) for name in feeds[0])
 
 
-def concat_outputs(iterations: list) -> OrderedDict:
-    """Source outputs of the per-slice runs joined along axis 0 (their batch axis)."""
+def concat_outputs(iterations: list, batch: int) -> tuple[OrderedDict, dict[str, str]]:
+    """Source outputs of the per-slice runs joined along axis 0, and {output: why not} for those
+    that cannot be: only an output whose first dimension is the source's batch (`batch`, the size of
+    one run) is batch-major; a scalar, or an output with the batch elsewhere or reduced away, has
+    no axis to join, and comparing a guess would fail (or pass) for the wrong reason."""
     if len(iterations) == 1:
-        return OrderedDict(iterations[0].items())
-    return OrderedDict((name, np.concatenate([np.asarray(it[name]) for it in iterations], axis=0))
-                       for name in iterations[0].keys())
+        return OrderedDict(iterations[0].items()), {}
+    joined, unassembled = OrderedDict(), {}
+    for name in iterations[0].keys():
+        parts = [np.asarray(it[name]) for it in iterations]
+        if parts[0].ndim == 0 or parts[0].shape[0] != batch:
+            unassembled[name] = (f"not compared at this corner: the source's output {list(parts[0].shape)} has no "
+                                 f"batch axis of size {batch} first, so its {len(parts)} single-batch runs cannot "
+                                 f"be joined into one batch")
+            continue
+        joined[name] = np.concatenate(parts, axis=0)
+    return joined, unassembled

@@ -44,20 +44,22 @@ def model_io(path: str | Path) -> tuple[OrderedDict[str, tuple[np.dtype, list[in
 
 def graph_io(graph: onnx.GraphProto) -> tuple[OrderedDict[str, tuple[np.dtype, list[int | None]]],
                                              OrderedDict[str, tuple[np.dtype, list[int | None]]]]:
-    """(inputs, outputs) of a GraphProto, as model_io; initializers listed as inputs are skipped."""
+    """(inputs, outputs) of a GraphProto, as model_io; initializers listed as inputs are skipped
+    (IR < 4 graphs list every weight as an input). An output that is an initializer (a pass folded
+    it to a constant) is a real output and stays."""
     inits = {i.name for i in graph.initializer}
 
-    def info(values):
+    def info(values, skip_initializers):
         out = OrderedDict()
         for v in values:
-            if v.name in inits:
+            if skip_initializers and v.name in inits:
                 continue
             t = v.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
             out[v.name] = (np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
         return out
 
-    return info(graph.input), info(graph.output)
+    return info(graph.input, True), info(graph.output, False)
 
 
 def default_range(dtype: np.dtype) -> tuple[float, float]:
@@ -141,7 +143,7 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
         image_feeds, image_input, files = _load_images(images, base, source_inputs, shapes, loc("images"))
         iterations = len(image_feeds)
     else:
-        iterations = data_cfg.get("iterations", 1)
+        iterations = data_cfg.get("iterations", 2)
     with quiet_polygraphy():
         loader = DataLoader(seed=data_cfg.get("seed", 1), iterations=iterations,
                             input_metadata=metadata, val_range=ranges)
