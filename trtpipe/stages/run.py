@@ -115,6 +115,8 @@ def _run(recipe_path, ui, options):
             rep, published = _stages(state, staging, out, t0)
         finally:
             owner.release()
+            if state.build_worker is not None:  # started for a build that did not happen
+                state.build_worker.stop()
     ui.table(report_mod.summary_table(rep, published))
     return rep
 

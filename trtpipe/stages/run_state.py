@@ -68,6 +68,7 @@ class RunState:
         self.recipe, self.backend, self.ui, self.options = recipe, backend, ui, options
         self.cache, self.keys, self.forced = cache, keys, forced
         self.timings, self.stages = {}, {}
+        self.build_worker: Any = None  # the build process, started early (stages/build/isolated.py)
         # The model each enabled pass left, in order: (label "passes[i]", ModelRef, the context
         # state it left: input_contract, output_map, postprocess, artifacts). Filled by the passes
         # stage, cached or not; validation bisects them when it fails (stages/validate/bisect.py).

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 def run(state: RunState, final: ModelRef, final_path: Path, plan_path: Path) -> tuple[BuildResult, str]:
     """Returns (BuildResult, the plan's sha256); the plan is copied to `plan_path`."""
-    from trtpipe.stages.build.plan import BuildResult, build_plan
+    from trtpipe.stages.build.isolated import build_in_child
+    from trtpipe.stages.build.plan import BuildResult
     recipe, ui, backend = state.recipe, state.ui, state.backend
     ui.stage("build", f"{backend.name} {backend.version}")
     key = state.keys.build(final.sha)
@@ -33,7 +34,7 @@ def run(state: RunState, final: ModelRef, final_path: Path, plan_path: Path) -> 
     implicit = not build_cfg.get("timing_cache")
     if implicit:
         build_cfg["timing_cache"] = str(state.cache.timing_cache_path(backend, state.keys.device()))
-    result = build_plan(str(final_path), build_cfg, backend, locate=recipe.locate, progress=ui, log=ui.detail)
+    result = build_in_child(state, final_path, build_cfg)  # parser/builder crashes become BuildErrors
     if implicit:  # the recipe did not ask for a timing cache: no notes about it in the report
         result.warnings = [w for w in result.warnings if "timing cache" not in w]
         result.timing_cache = None

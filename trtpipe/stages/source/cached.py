@@ -27,8 +27,12 @@ def run(state: RunState, source_path: Path) -> tuple[types.SimpleNamespace, Mode
         source = _info(entry.meta, path=src.get("onnx") or src.get("saved_model"))
         state.timings["source"] = ui.done(f"cached: {source.kind}, {source.nodes} nodes, opset {source.opset}")
         return source, ModelRef(source.sha, entry)
+    from trtpipe.stages.build.isolated import BuildWorker
     from trtpipe.stages.passes.runner import initial_input_contract
     from trtpipe.stages.source.load import load_source
+    # A conversion runs: start the build process now, so that importing the backend there overlaps
+    # with it (a cached build simply never uses it).
+    state.build_worker = state.build_worker or BuildWorker.start(state.backend.name)
     state.quiet()
     loaded = load_source(src, locate=recipe.locate, log=ui.detail)
     with state.cache.writer("source", key) as w:
