@@ -35,7 +35,8 @@ def test_plan_from_the_child_equals_the_in_process_plan(tmp_path, run_cli, monke
 def test_a_build_over_its_timeout_is_stopped(tmp_path, run_cli):
     make_conv_model(tmp_path / "m.onnx")
     path = write_recipe(tmp_path / "r.yaml", RECIPE.format(model="m.onnx", timeout=0.001))
-    code, out, err = run_cli(path, "--quiet")
+    # its own cache: a build cached by another test would not run at all (a timeout is no input of the plan)
+    code, out, err = run_cli(path, "--quiet", "--cache-dir", tmp_path / "cache")
     assert code == errors.EXIT_BUILD, err
     assert "the build took longer than build.timeout (0.001 s) and was stopped" in err
     assert not (tmp_path / "out" / "t.plan").exists() and leftovers(tmp_path / "out") == []
@@ -55,7 +56,7 @@ def test_a_parser_crash_is_a_build_error(tmp_path, run_cli):
     import onnx
     onnx.save(convert_function(crops, tmp_path / "sm"), str(tmp_path / "m.onnx"))
     path = write_recipe(tmp_path / "r.yaml", RECIPE.format(model="m.onnx", timeout=600))
-    code, out, err = run_cli(path, "--quiet")
+    code, out, err = run_cli(path, "--quiet", "--cache-dir", tmp_path / "cache")
     assert code == errors.EXIT_BUILD, err
     assert "crashed (signal SIGSEGV); last message before the crash: parsing t.onnx" in err
     assert not (tmp_path / "out" / "t.plan").exists() and leftovers(tmp_path / "out") == []
