@@ -81,6 +81,24 @@ def make_conv_model(path, batch=1, dynamic_batch=False, extra_nodes=(), extra_ou
     return path
 
 
+# The small recipe the cache and robustness tests run: a conv model, two passes, a build.
+TINY_RECIPE = """
+    name: tiny
+    source:
+      onnx: tiny.onnx
+    passes:
+      - pass: fold_constants
+      - pass: cleanup
+    precision: fp32
+    validate:
+      data: {{seed: 3, iterations: 1}}
+    build:
+      workspace: {workspace}
+    output:
+      dir: out
+    """
+
+
 def write_recipe(path, body: str) -> pathlib.Path:
     """Write a dedented recipe text to `path`."""
     path = pathlib.Path(path)

@@ -7,7 +7,7 @@ import json
 import onnx
 import pytest
 
-from tests.helpers import make_conv_model, write_recipe
+from tests.helpers import TINY_RECIPE, make_conv_model, write_recipe
 from trtpipe import cache, errors
 from trtpipe.cache import files as cache_files
 
@@ -19,21 +19,7 @@ def cache_dir(tmp_path, monkeypatch):
     return path
 
 
-RECIPE = """
-    name: tiny
-    source:
-      onnx: tiny.onnx
-    passes:
-      - pass: fold_constants
-      - pass: cleanup
-    precision: fp32
-    validate:
-      data: {{seed: 3, iterations: 1}}
-    build:
-      workspace: {workspace}
-    output:
-      dir: out
-    """
+RECIPE = TINY_RECIPE
 
 
 @pytest.fixture

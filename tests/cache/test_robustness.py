@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from tests.helpers import REPO, make_conv_model, write_recipe
+from tests.helpers import REPO, TINY_RECIPE, make_conv_model, write_recipe
 from trtpipe import cache
 
 PIPELINE = str(REPO / "pipeline.py")
@@ -69,21 +69,7 @@ def published_bytes(out, names):
 def tiny_recipe(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
     make_conv_model(base / "tiny.onnx")
-    return write_recipe(base / "tiny.yaml", """
-        name: tiny
-        source:
-          onnx: tiny.onnx
-        passes:
-          - pass: fold_constants
-          - pass: cleanup
-        precision: fp32
-        validate:
-          data: {seed: 3, iterations: 1}
-        build:
-          workspace: 256MiB
-        output:
-          dir: out
-        """)
+    return write_recipe(base / "tiny.yaml", TINY_RECIPE.format(workspace="256MiB"))
 
 
 @pytest.fixture(scope="module")

@@ -491,3 +491,12 @@ def test_sanitize_tfod_cut_with_preprocessing_loop(tfod):
     before, after = ort_run(cut, feeds), ort_run(out, feeds)
     for name, value in before.items():
         np.testing.assert_allclose(after[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_every_builtin_pass_schema_passes_the_registration_check():
+    """Third-party schemas are checked when registered; the shipped ones here, not at every start-up."""
+    from trtpipe.registry import check_pass_schema
+    builtin = [info for info in registry.all_passes() if info.origin.startswith("passes.")]
+    assert len(builtin) == 12
+    for info in builtin:
+        check_pass_schema(info.name, info.schema, info.func)  # raises RuntimeError naming the pass

@@ -12,6 +12,7 @@ Input specs (`source_inputs`, `final_inputs`, what model_io returns) are
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,19 @@ def model_io(path: str | Path) -> tuple[OrderedDict[str, tuple[np.dtype, list[in
                                        OrderedDict[str, tuple[np.dtype, list[int | None]]]]:
     """(inputs, outputs) of an ONNX file, each an OrderedDict name -> (numpy dtype, [dims]);
     dynamic dims are None. Reads the graph only (no external weights)."""
-    return graph_io(onnx.load(str(path), load_external_data=False).graph)
+    return graph_io(load_graph(path))
+
+
+def load_graph(path: str | Path) -> onnx.GraphProto:
+    """The main graph of an ONNX file, weights not read; parsed once per file version (validation and
+    bisect ask for the same source model's inputs, outputs and tensor names several times)."""
+    st = Path(path).stat()
+    return _parsed_graph(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_graph(path: str, mtime_ns: int, size: int) -> onnx.GraphProto:
+    return onnx.load(path, load_external_data=False).graph
 
 
 def graph_io(graph: onnx.GraphProto) -> tuple[OrderedDict[str, tuple[np.dtype, list[int | None]]],

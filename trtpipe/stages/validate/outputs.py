@@ -22,7 +22,7 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from trtpipe.errors import ValidationError, suggest
 from trtpipe.stages.validate import detections as det
 from trtpipe.stages.validate import informative
-from trtpipe.stages.validate.data import quiet_polygraphy
+from trtpipe.stages.validate.data import load_graph, quiet_polygraphy
 
 # Runner names: they label comparisons ("source-ort vs final-ort") and the runs' results.
 SOURCE, FINAL, ENGINE, POST = "source-ort", "final-ort", "engine", "postprocess-ort"
@@ -68,9 +68,7 @@ def run_ort(model_path: str | Path, name: str, feeds: Sequence[dict[str, np.ndar
 def inner_tensors(model_path: str | Path) -> set[str]:
     """Names of the tensors a model's main graph computes (weights are not read): what `run_ort`
     can expose as extra outputs."""
-    import onnx
-    model = onnx.load(str(model_path), load_external_data=False)
-    return {t for node in model.graph.node for t in node.output if t}
+    return {t for node in load_graph(model_path).node for t in node.output if t}
 
 
 # -- what is compared with what --------------------------------------------------------------------
