@@ -61,6 +61,8 @@ CASES = {
                               ["validate.rtol", "minimum"]),
     "reversed_data_range": (BASE + "validate:\n  data:\n    inputs:\n      x: {range: [1, 0]}\n", errors.EXIT_RECIPE,
                             ["r.yaml:10:", "validate.data.inputs.x.range: [1, 0] is empty", "write [0, 1]"]),
+    "infinite_build_timeout": (BASE + "build:\n  timeout: .inf\n", errors.EXIT_RECIPE,
+                               ["r.yaml:8:3", "build.timeout", "not a finite number"]),
     "int8_distribution": (BASE + "precision: {mode: int8, method: distribution}\n", errors.EXIT_RECIPE,
                           ["r.yaml:7:", "'distribution' is ONNX Runtime's float8 calibrator"]),
     "profile_min_gt_max": (BASE + "build:\n  profiles:\n    - name: p\n      inputs:\n"

@@ -61,6 +61,7 @@ def resolve_values(data: dict, locate: Locate) -> None:
     """
     check_finite(data.get("validate"), ("validate",), locate)
     check_finite(data.get("precision"), ("precision",), locate)  # overflow_threshold, percentile, ranges
+    check_finite(data.get("build"), ("build",), locate)  # timeout
     _check_ranges(data, locate)
     data["precision"] = normalize(data.get("precision"), locate)
     data["validate"] = resolve_validate(data.get("validate"), data["precision"]["mode"])

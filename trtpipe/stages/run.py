@@ -230,6 +230,7 @@ def _bisect(recipe_path, ui, options, bisect):
     cache = Cache(root, warn=ui.warn).open()
     cache.replace_existing = bool(forced)
     state = RunState(recipe, backend, ui, options, cache, Keys(recipe, backend, cache.hasher), forced)
+    state.will_build = False
     ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es)")
     lock = cache.recipe_lock(recipe.path, on_wait=lambda pid: ui.info(
         f"waiting for another run of {recipe.name} (pid {pid or '?'}) to finish"))

@@ -69,6 +69,7 @@ class RunState:
         self.cache, self.keys, self.forced = cache, keys, forced
         self.timings, self.stages = {}, {}
         self.build_worker: Any = None  # the build process, started early (stages/build/isolated.py)
+        self.will_build = True          # False for `bisect`: no build process is started for it
         # The model each enabled pass left, in order: (label "passes[i]", ModelRef, the context
         # state it left: input_contract, output_map, postprocess, artifacts). Filled by the passes
         # stage, cached or not; validation bisects them when it fails (stages/validate/bisect.py).

@@ -32,7 +32,8 @@ def run(state: RunState, source_path: Path) -> tuple[types.SimpleNamespace, Mode
     from trtpipe.stages.source.load import load_source
     # A conversion runs: start the build process now, so that importing the backend there overlaps
     # with it (a cached build simply never uses it).
-    state.build_worker = state.build_worker or BuildWorker.start(state.backend.name)
+    if state.will_build:
+        state.build_worker = state.build_worker or BuildWorker.start(state.backend.name)
     state.quiet()
     loaded = load_source(src, locate=recipe.locate, log=ui.detail)
     with state.cache.writer("source", key) as w:
