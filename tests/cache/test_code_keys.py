@@ -219,3 +219,27 @@ def test_profiles_are_part_of_validation_and_build_keys(tmp_path, run_cli, cache
                for c in rep["validation"]["comparisons"])
     code, out, _ = run_cli("diff", old, recipe)
     assert code == 0 and "build.profiles changed -> re-runs validate, build, publish" in out
+
+
+def test_image_folder_content_is_in_the_validation_and_precision_keys(tmp_path, rtx):
+    """`images: {dir: imgs}` has no "/" or "." in its name: its files must still be hashed, or a cached
+    "passed" would be reused for other images."""
+    from trtpipe.cache.hashing import Hasher
+    from trtpipe.cache.keys import Keys
+    from trtpipe.recipe.load import load_recipe
+    make_conv_model(tmp_path / "tiny.onnx")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(b"first image")
+    path = write_recipe(tmp_path / "r.yaml", """
+        name: t
+        source: {onnx: tiny.onnx}
+        precision: fp16
+        validate: {data: {images: {dir: imgs}}}
+        output: {dir: out}
+        """)
+    keys = Keys(load_recipe(path), rtx, Hasher())
+    before = (keys.validate("s", "f", {}), keys.precision("i", "s", {}))
+    (tmp_path / "imgs" / "a.png").write_bytes(b"another image")
+    keys = Keys(load_recipe(path), rtx, Hasher())
+    after = (keys.validate("s", "f", {}), keys.precision("i", "s", {}))
+    assert before[0] != after[0] and before[1] != after[1]

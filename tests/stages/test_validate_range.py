@@ -231,3 +231,60 @@ def test_integer_outputs_must_match_exactly(tmp_path, run_cli):
     code, out, err = run_cli(path)
     assert code == errors.EXIT_VALIDATION, err
     assert "output 'A'" in err and "atol 0" in err and "output 'F'" not in err
+
+
+def test_corner_data_keeps_a_range_declared_under_the_final_input_name():
+    from trtpipe.stages.validate.corners import Corner, data_config
+    corner = Corner("profile p max", {"xf": [2, 4]}, {"x": [1, 4]}, slices=2)
+    cfg = data_config(corner, {"inputs": {"xf": {"range": [-1, 1]}}}, 5, {"xf": {"source_input": "x"}})
+    assert cfg == {"seed": 5, "iterations": 2, "inputs": {"x": {"range": [-1, 1], "shape": [1, 4]}}}
+
+
+def test_a_profile_of_the_wrong_rank_is_not_compared_as_if_it_fit():
+    from trtpipe.stages.validate.corners import profile_corners
+    contract = {"x": {"source_input": "x", "steps": [{"op": "transpose", "perm": [0, 3, 1, 2]}]}}
+    (corner,) = profile_corners([{"name": "p", "inputs": {"x": {"min": [1, 3, 8], "opt": [1, 3, 8],
+                                                                 "max": [1, 3, 8]}}}],
+                                contract, {"x": (np.float32, [1, 8, 8, 3])}, {"x": (np.float32, [None, 3, 8, 8])})
+    assert corner.problem == "the profile gives final input 'x' rank 3 [1, 3, 8], but it has rank 4"
+    (corner,) = profile_corners([{"name": "p", "inputs": {"z": {"min": [1], "opt": [1], "max": [1]}}}],
+                                contract, {"x": (np.float32, [1, 8, 8, 3])}, {"x": (np.float32, [None, 3, 8, 8])})
+    assert corner.problem == "'z' is not an input of the final model ['x']"
+
+
+def test_a_final_output_nothing_checks_makes_the_result_inconclusive(tmp_path):
+    from trtpipe.stages.validate.compare import validate_models
+    src = chain_model(tmp_path / "src.onnx")
+    extra = onnx.load(str(src))
+    extra.graph.node.append(helper.make_node("Neg", ["y"], ["z"]))
+    extra.graph.output.append(vi("z", [2, 4]))
+    onnx.save(extra, str(tmp_path / "fin.onnx"))
+    from trtpipe.stages.passes.runner import initial_input_contract
+    contract = initial_input_contract(onnx.load(str(src)))
+    result = validate_models(src, tmp_path / "fin.onnx", {}, precision="fp32", input_contract=contract,
+                             output_map=None, postprocess=None)
+    assert result["status"] == "inconclusive"
+    assert "final output 'z' corresponds to no source output or tensor, so nothing checked it" in result["reason"]
+    # skipped with a reason, it is accepted
+    result = validate_models(src, tmp_path / "fin.onnx", {"skip": {"z": "debug tensor"}}, precision="fp32",
+                             input_contract=contract, output_map=None, postprocess=None)
+    assert result["status"] == "passed"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"PK\x03\x04 broken zip", "cannot read"),
+    ("object", "cannot read"),
+    ("empty", "the arrays hold no iterations"),
+])
+def test_bad_npz_files_are_validation_data_errors(tmp_path, content, message):
+    from trtpipe.errors import ValidationError
+    from trtpipe.stages.validate.data import make_source_feeds
+    path = tmp_path / "d.npz"
+    if content == "object":
+        np.savez(path, x=np.array([{"a": 1}], dtype=object))
+    elif content == "empty":
+        np.savez(path, x=np.zeros((0, 2, 4), np.float32))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValidationError, match=message):
+        make_source_feeds({"npz": str(path)}, {"x": (np.dtype("float32"), [2, 4])}, {})

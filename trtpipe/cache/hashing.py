@@ -112,3 +112,21 @@ def referenced_files(value: Any, base: str | Path | None, hasher: Hasher) -> dic
                     found[v] = hasher.path(p)
     walk(value)
     return found
+
+
+def data_files(data_cfg: Any, base: str | Path | None, hasher: Hasher) -> dict[str, str | None]:
+    """Content hashes of the data a `validate.data` / `precision.calibration` mapping names (`npz`,
+    `images.dir`), whatever their names look like (`imgs` has no "/" or "." for referenced_files to
+    notice); None for a path that does not exist (the stage reports it)."""
+    if not isinstance(data_cfg, dict):
+        return {}
+    named = [data_cfg.get("npz"), (data_cfg.get("images") or {}).get("dir") if isinstance(data_cfg.get("images"),
+                                                                                         dict) else None]
+    found = {}
+    for value in (v for v in named if isinstance(v, str) and v):
+        path = Path(value) if os.path.isabs(value) else Path(base or ".") / value
+        try:
+            found[value] = hasher.path(path) if path.exists() else None
+        except OSError:
+            found[value] = None
+    return found

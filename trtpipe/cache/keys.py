@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtpipe.cache.code import code_digest
-from trtpipe.cache.hashing import Hasher, digest, referenced_files, versions
+from trtpipe.cache.hashing import Hasher, data_files, digest, referenced_files, versions
 
 if TYPE_CHECKING:
     from trtpipe.backend import Backend
@@ -97,7 +97,9 @@ class Keys:
         if mode != "fp32":  # calibration / overflow checks run the model on the validation data
             data = (self.recipe.data.get("validate") or {}).get("data")
             parts.update(source=source_sha, contract=contract, data=data,
-                         files=referenced_files([prec, data], self.recipe.dir, self.hasher))
+                         files=referenced_files([prec, data], self.recipe.dir, self.hasher),
+                         data_files=[data_files(d, self.recipe.dir, self.hasher)
+                                     for d in (data, prec.get("calibration"))])
         return digest(parts)
 
     def validate(self, source_sha: str, final_sha: str, ctx_state: dict, plan_sha: str | None = None) -> str:
@@ -108,6 +110,7 @@ class Keys:
                        "profiles": self.recipe.data["build"]["profiles"],
                        "backend": [self.backend.name, self.backend.version, self._ccs()] if plan_sha else None,
                        "files": referenced_files(cfg, self.recipe.dir, self.hasher),
+                       "data_files": data_files((cfg or {}).get("data"), self.recipe.dir, self.hasher),
                        "versions": versions("onnx", "onnxruntime", "polygraphy", "numpy", "pillow"),
                        "code": stage_code("validate")})
 

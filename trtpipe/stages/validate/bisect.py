@@ -44,6 +44,7 @@ from trtpipe.stages.validate.data import apply_contract, make_source_feeds, mode
 from trtpipe.stages.validate.outputs import (
     SOURCE,
     accuracy,
+    exact_for_integers,
     first_shapes,
     fmt,
     inner_tensors,
@@ -314,7 +315,7 @@ def _run_step(row, step, steps, feeds, src_run, ref_iters, src_out, comparable, 
 def _compare(entries, pairs, run, src_run, cfg, tolerances):
     """Polygraphy's SimpleCompareFunc with validation's per-output tolerances; updates `entries`.
     Unlike validation's comparison (outputs.compare_outputs), NaN counts only on this model's side."""
-    tols = {f: tolerance(cfg, tolerances, f, s) for f, s in pairs.items()}
+    tols = exact_for_integers({f: tolerance(cfg, tolerances, f, s) for f, s in pairs.items()}, pairs, src_run, cfg)
     iterations = accuracy(run, src_run, pairs, tols)
     cand = list(run.values())[0]
     for entry in entries:

@@ -191,8 +191,8 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
         return {"name": name, "status": "inconclusive", "uncompared": True,
                 "reason": f"cannot compare at this profile corner: {corner.problem}; narrow the profile, or "
                           f"validate at shapes the source model accepts"}, None
-    feeds, _ = make_source_feeds(data_config(corner, cfg["data"], cfg["data"].get("seed", 1)), src_in, contract,
-                                 base_dir=base_dir, locate=locate)
+    data = data_config(corner, cfg["data"], cfg["data"].get("seed", 1), contract)
+    feeds, _ = make_source_feeds(data, src_in, contract, base_dir=base_dir, locate=locate)
     src_run = run_ort(source_path, SOURCE, feeds, src_outputs)
     batch = next(iter(corner.source_shapes.values()))[0] if corner.source_shapes else 1
     outputs, unassembled = concat_outputs(list(src_run.values())[0], batch)
@@ -204,6 +204,11 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
         entries = [dict(e, status="skipped", reason=unassembled[e["source_output"]])
                    if e.get("source_output") in unassembled and e["status"] == "pending" else e for e in entries]
     comp = compare_outputs(name, fin_run, joined, pairs, entries, tol_for, cfg)
+    if not pairs and not unassembled and any(not (e.get("reason") or "").startswith("skipped by validate.skip")
+                                             for e in comp["outputs"] if e["output"] in _run_outputs(fin_run)):
+        # e.g. every output feeds the post-processing model: detections are compared at the main shape only
+        comp.update(status="inconclusive", uncompared=True,
+                    reason="no output could be compared at this profile corner (see each output)")
     if unassembled and pairs:  # the plan accepts this shape; these outputs are not proven there
         comp.update(uncompared=True, reason=f"output(s) {sorted(unassembled)} not compared at this corner: the "
                                             f"fixed-batch source cannot produce them at this batch")
@@ -217,6 +222,11 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
         comp["note"] = (f"the source model has a fixed batch: it ran {corner.slices} times, outputs concatenated "
                         f"along axis 0")
     return comp, (final_feed, fin_run)
+
+
+def _run_outputs(run):
+    """Output names of a one-runner RunResults' first iteration."""
+    return set(list(run.values())[0][0].keys())
 
 
 def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances):

@@ -65,18 +65,25 @@ def profile_corners(profiles: list[dict] | None, contract: dict[str, dict],
             if ident in seen:
                 continue
             seen.add(ident)
-            corners.append(_corner(f"profile {profile['name']} {key}", final_shapes, contract, source_inputs))
+            corners.append(_corner(f"profile {profile['name']} {key}", final_shapes, contract, source_inputs,
+                                   final_inputs))
     return corners
 
 
-def _corner(label, final_shapes, contract, source_inputs):
+def _corner(label, final_shapes, contract, source_inputs, final_inputs):
     wanted = {}
     for final, shape in final_shapes.items():
         entry = contract.get(final)
+        if final not in final_inputs:
+            return Corner(label, problem=f"'{final}' is not an input of the final model {list(final_inputs)}")
         if entry is None or not entry.get("source_input"):
             origin = "a tensor inside the source model" if entry else "no source input"
             return Corner(label, problem=f"final input '{final}' is derived from {origin}; its data at "
                                          f"{shape} cannot be generated")
+        rank = len(final_inputs[final][1]) if final in final_inputs else None
+        if rank is not None and len(shape) != rank:
+            return Corner(label, problem=f"the profile gives final input '{final}' rank {len(shape)} {shape}, "
+                                         f"but it has rank {rank}")
         source_shape = source_layout(shape, entry.get("steps") or [])
         if source_shape is None:
             return Corner(label, problem=f"the input contract of '{final}' reshapes its data; the source "
@@ -127,15 +134,19 @@ def source_layout(final_shape: list[int], steps: list[dict]) -> list[int] | None
             for k, p in enumerate(perm):
                 source[p] = shape[k]
             shape = source
-        elif op == "reshape":
+        elif op == "reshape" or (op == "transpose" and len(step["perm"]) != len(shape)):
             return None
     return shape
 
 
-def data_config(corner: Corner, data_cfg: dict, seed: int) -> dict:
+def data_config(corner: Corner, data_cfg: dict, seed: int, contract: dict[str, dict] | None = None) -> dict:
     """A `validate.data` mapping that generates `corner.slices` seeded random feeds at the corner's
-    per-run source shapes, keeping the recipe's declared ranges and dtypes."""
-    declared = data_cfg.get("inputs") or {}
+    per-run source shapes, keeping the recipe's declared ranges and dtypes (declared under the
+    source input's name or the final input's that the contract derives from it)."""
+    declared = {}
+    for key, spec in (data_cfg.get("inputs") or {}).items():
+        entry = (contract or {}).get(key)
+        declared[entry["source_input"] if entry and entry.get("source_input") else key] = spec
     inputs = {}
     for name, shape in corner.source_shapes.items():
         spec = {k: v for k, v in (declared.get(name) or {}).items() if k in ("range", "dtype")}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -40,19 +41,22 @@ def model_io(path: str | Path) -> tuple[OrderedDict[str, tuple[np.dtype, list[in
                                        OrderedDict[str, tuple[np.dtype, list[int | None]]]]:
     """(inputs, outputs) of an ONNX file, each an OrderedDict name -> (numpy dtype, [dims]);
     dynamic dims are None. Reads the graph only (no external weights)."""
-    return graph_io(load_graph(path))
+    ins, outs = graph_summary(path)[0]
+    return OrderedDict(ins), OrderedDict(outs)  # the caller's own copies of the cached summary
 
 
-def load_graph(path: str | Path) -> onnx.GraphProto:
-    """The main graph of an ONNX file, weights not read; parsed once per file version (validation and
-    bisect ask for the same source model's inputs, outputs and tensor names several times)."""
+def graph_summary(path: str | Path) -> tuple[tuple[OrderedDict, OrderedDict], frozenset[str]]:
+    """((inputs, outputs) as model_io, names of the tensors the main graph computes) of an ONNX file,
+    weights not read; worked out once per file version (validation and bisect ask for the same
+    source model's I/O and tensor names several times). Only these small summaries are kept."""
     st = Path(path).stat()
-    return _parsed_graph(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    return _summary(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def _parsed_graph(path: str, mtime_ns: int, size: int) -> onnx.GraphProto:
-    return onnx.load(path, load_external_data=False).graph
+def _summary(path: str, mtime_ns: int, size: int) -> tuple[tuple[OrderedDict, OrderedDict], frozenset[str]]:
+    graph = onnx.load(path, load_external_data=False).graph
+    return graph_io(graph), frozenset(t for node in graph.node for t in node.output if t)
 
 
 def graph_io(graph: onnx.GraphProto) -> tuple[OrderedDict[str, tuple[np.dtype, list[int | None]]],
@@ -184,10 +188,12 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
 def _load_npz(path, source_inputs, where):
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+        if not hasattr(archive, "files"):  # a plain .npy: one array, no input names
+            raise ValueError("it holds a single array, not arrays named after the model's inputs (use np.savez)")
+        with archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # object arrays: ValueError (no pickles)
         raise ValidationError(f"{where}validate.data.npz: cannot read {path}: {err}") from err
-    with archive:
-        arrays = {k: archive[k] for k in archive.files}
     extra = [k for k in arrays if k not in source_inputs]
     missing = [n for n in source_inputs if n not in arrays]
     if extra or missing:
@@ -210,6 +216,8 @@ def _load_npz(path, source_inputs, where):
     if len(counts) > 1:
         raise ValidationError(f"{where}{path}: arrays disagree on the number of iterations "
                               f"({ {n: len(v) for n, v in per_input.items()} })")
+    if counts == {0}:
+        raise ValidationError(f"{where}{path}: the arrays hold no iterations (their leading axis is empty)")
     return [OrderedDict((n, per_input[n][i]) for n in source_inputs) for i in range(counts.pop())]
 
 

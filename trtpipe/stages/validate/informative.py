@@ -184,6 +184,11 @@ def doubts(result: Mapping[str, Any]) -> list[str]:
         found += whys or ["nothing compared is informative"]
     # a shape the plan accepts but no comparison could run at (corners.py): not proven there
     found += [f"{c['name']}: {c['reason']}" for c in comps if c.get("uncompared")]
+    # an output the plan produces that nothing checked (no source counterpart, not skipped with a reason)
+    unverified = dict.fromkeys(e["output"] for c in result.get("comparisons", []) for e in c.get("outputs") or []
+                               if e.get("unverified"))
+    found += [f"final output '{name}' corresponds to no source output or tensor, so nothing checked it; map it "
+              f"with validate.output_map or skip it with a reason under validate.skip" for name in unverified]
     for cov in ((result.get("data") or {}).get("coverage") or {}).values():
         if not cov.get("exercised", True):
             found.append(cov["reason"])

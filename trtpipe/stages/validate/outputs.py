@@ -22,7 +22,7 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from trtpipe.errors import ValidationError, suggest
 from trtpipe.stages.validate import detections as det
 from trtpipe.stages.validate import informative
-from trtpipe.stages.validate.data import load_graph, quiet_polygraphy
+from trtpipe.stages.validate.data import graph_summary, quiet_polygraphy
 
 # Runner names: they label comparisons ("source-ort vs final-ort") and the runs' results.
 SOURCE, FINAL, ENGINE, POST = "source-ort", "final-ort", "engine", "postprocess-ort"
@@ -68,7 +68,7 @@ def run_ort(model_path: str | Path, name: str, feeds: Sequence[dict[str, np.ndar
 def inner_tensors(model_path: str | Path) -> set[str]:
     """Names of the tensors a model's main graph computes (weights are not read): what `run_ort`
     can expose as extra outputs."""
-    return {t for node in load_graph(model_path).node for t in node.output if t}
+    return set(graph_summary(model_path)[1])
 
 
 # -- what is compared with what --------------------------------------------------------------------
@@ -132,6 +132,9 @@ def plan_outputs(cfg: Mapping[str, Any], fin_out: Collection[str], src_out: Coll
         feeds_postprocess="not a source output; feeds the post-processing model (see detections)",
         unmatched=lambda s: (f"not compared: the source model has no output '{s}'{suggest(s, src_out, cutoff=0.5)}; "
                              "map it with validate.output_map if a pass renamed it"))
+    for e in entries:  # a final output the source has no counterpart for: the plan computes it unverified
+        if e["output"] in fin_out and e["status"] == "skipped" and e["reason"].startswith("not compared: the source"):
+            e["unverified"] = True
     pp_outputs = set((postprocess or {}).get("outputs", {}).values())
     mapped = {omap.get(f, f) for f in fin_out}
     for s in src_out:
@@ -144,6 +147,19 @@ def plan_outputs(cfg: Mapping[str, Any], fin_out: Collection[str], src_out: Coll
 
 
 # -- comparing -------------------------------------------------------------------------------------
+
+def exact_for_integers(tols: dict[str, Tolerance], pairs: Mapping[str, str], ref_run: Any,
+                       cfg: Mapping[str, Any]) -> dict[str, Tolerance]:
+    """`tols` with atol = rtol = 0 for integer and bool outputs (class ids, indices, masks, counts):
+    a float tolerance meant for scores would let a wrong index pass. Per-output settings still win."""
+    ref_first = list(ref_run.values())[0][0]
+    out = dict(tols)
+    for f, s in pairs.items():
+        explicit = cfg["outputs"].get(f) or cfg["outputs"].get(s) or {}
+        if np.asarray(ref_first[s]).dtype.kind in "biu":
+            out[f] = {**tols[f], "atol": explicit.get("atol", 0.0), "rtol": explicit.get("rtol", 0.0)}
+    return out
+
 
 def accuracy(cand_run: Any, ref_run: Any, pairs: Mapping[str, str],
              tols: Mapping[str, Tolerance]) -> list[dict[str, Any]]:
@@ -206,14 +222,7 @@ def compare_outputs(name: str, cand_run: Any, ref_run: Any, pairs: Mapping[str, 
     entries = [dict(e) for e in entries]
     by_output = {e["output"]: e for e in entries if e["status"] == "pending"}
     if pairs:
-        tols = {f: tol_for(f, s) for f, s in pairs.items()}
-        ref_first = list(ref_run.values())[0][0]
-        for f, s in pairs.items():
-            # Integer and bool outputs (class ids, indices, masks, counts) must match exactly: a float
-            # tolerance meant for scores would let a wrong index pass. Per-output settings still win.
-            explicit = cfg["outputs"].get(f) or cfg["outputs"].get(s) or {}
-            if np.asarray(ref_first[s]).dtype.kind in "biu":
-                tols[f] = {**tols[f], "atol": explicit.get("atol", 0.0), "rtol": explicit.get("rtol", 0.0)}
+        tols = exact_for_integers({f: tol_for(f, s) for f, s in pairs.items()}, pairs, ref_run, cfg)
         iterations = accuracy(cand_run, ref_run, pairs, tols)
         for f, s in pairs.items():
             by_output[f].update(_summarize(f, s, tols[f], [it.get(f) for it in iterations], cand_run, ref_run))
