@@ -40,7 +40,7 @@ import numpy as np
 from trtpipe.errors import ValidationError
 from trtpipe.recipe.precision import normalize
 from trtpipe.recipe.resolved import resolve_validate
-from trtpipe.stages.validate.data import apply_contract, make_source_feeds, model_io
+from trtpipe.stages.validate.data import apply_contract, cut_inputs, make_source_feeds, model_io
 from trtpipe.stages.validate.outputs import (
     SOURCE,
     accuracy,
@@ -200,8 +200,7 @@ def bisect_passes(source_path: str | Path, steps: Sequence[PassModel], validate_
     extra = []
     for step in steps:
         omap = _output_map(step, steps, cfg)
-        extra += [e["source_tensor"] for e in (step.ctx.get("input_contract") or {}).values()
-                  if not e.get("source_input") and e.get("source_tensor")]
+        extra += cut_inputs(step.ctx.get("input_contract"))
         try:
             _, outs = model_io(step.path)
         except Exception:  # unreadable: reported when the step runs
@@ -279,7 +278,7 @@ def _run_step(row, step, steps, feeds, src_run, ref_iters, src_out, comparable, 
             step.verify()
         fin_in, fin_out = model_io(step.path)
         contract = step.ctx.get("input_contract") or {}
-        inner = [e["source_tensor"] for e in contract.values() if not e.get("source_input") and e.get("source_tensor")]
+        inner = cut_inputs(contract)
         step_feeds = [apply_contract({**f, **{t: it[t] for t in inner}}, contract, fin_in)
                       for f, it in zip(feeds, ref_iters)]
         run = run_ort(step.path, step.label, step_feeds)

@@ -30,7 +30,7 @@ from trtpipe.recipe.precision import normalize
 from trtpipe.recipe.resolved import resolve_validate
 from trtpipe.stages.validate import informative
 from trtpipe.stages.validate.corners import concat_feeds, concat_outputs, data_config, profile_corners
-from trtpipe.stages.validate.data import apply_contract, make_source_feeds, model_io, quiet_polygraphy
+from trtpipe.stages.validate.data import apply_contract, cut_inputs, make_source_feeds, model_io, quiet_polygraphy
 from trtpipe.stages.validate.outputs import (
     ENGINE,
     FINAL,
@@ -124,7 +124,7 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
     data["coverage"] = informative.input_coverage(feeds, cfg["data"], contract)
     log(f"validate: {data['kind']} data, {len(feeds)} iteration(s)")
     # Final inputs cut from inside the source (set_outputs) are fed the source's own values.
-    inner = [e["source_tensor"] for e in contract.values() if not e.get("source_input") and e.get("source_tensor")]
+    inner = cut_inputs(contract)
     omap = {**(output_map or {}), **cfg["output_map"]}
     # Final outputs that are tensors inside the source (a cut by set_outputs, nms split at named
     # tensors, rename): the source exposes them as extra outputs, so they are compared for real.

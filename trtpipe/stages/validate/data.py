@@ -279,6 +279,13 @@ def _decode(path, size, channels):
     return arr[..., None] if channels == 1 else arr
 
 
+def cut_inputs(contract: dict[str, dict] | None) -> list[str]:
+    """The source tensors (inside the source graph) that final inputs are cut from (set_outputs):
+    validation reads them from the source run and feeds them to the final model."""
+    return [e["source_tensor"] for e in (contract or {}).values()
+            if not e.get("source_input") and e.get("source_tensor")]
+
+
 def apply_contract(source_feed: dict[str, np.ndarray], contract: dict[str, dict],
                    final_inputs: dict[str, tuple[np.dtype, list[int | None]]]) -> OrderedDict[str, np.ndarray]:
     """The final model's feed: each final input is its source input with the contract's steps applied.
