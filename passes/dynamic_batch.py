@@ -17,12 +17,16 @@ batch tensors are broadcast to the batch with an Expand.
 What it cannot rewrite is reported (a Reshape that moves the batch, constants holding B > 1
 rows, a tf.map_fn Loop over the batch, outputs that lose the batch); `strict: true` makes that
 an error.
+
+After `nms: split` the post-processing model gets the same dynamic batch (its inputs are the
+engine's outputs): rewritten the same way, or, when something there cannot be rewritten, a recipe
+error naming both passes (put dynamic_batch first: the graph is then batch-generic where it is cut).
 """
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from trtpipe import PassContext, PassError, register_pass, suggest
+from trtpipe import PassContext, PassError, RecipeError, register_pass, suggest
 from trtpipe.graph.names import unique_name
 from trtpipe.graph.shapes import infer_shapes
 
@@ -200,10 +204,11 @@ class _Rewriter:
 
 def _reinfer(graph):
     """Forget inferred shapes (they hold the old batch) and infer them again from the inputs."""
-    inputs = {id(t) for t in graph.inputs}
+    inputs, outputs = {id(t) for t in graph.inputs}, {id(t) for t in graph.outputs}
     for t in graph.tensors().values():
         if isinstance(t, gs.Variable) and id(t) not in inputs:
-            t.shape = None
+            # outputs keep their rank (a graph output needs a shape, even of unknown dims)
+            t.shape = [None] * len(t.shape) if id(t) in outputs and t.shape is not None else None
     graph.toposort()
     return infer_shapes(graph)
 
@@ -260,4 +265,65 @@ def dynamic_batch(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
                  f"than {batch} (validation compares every profile corner)")
     if todo and params["strict"]:
         raise PassError("dynamic_batch left the old batch baked in: " + "; ".join(todo))
+    if ctx.postprocess:
+        _postprocess(graph, ctx, batch, sym, params)
     return graph
+
+
+def _rewrite(graph, inputs, batch, sym, max_rounds):
+    """Set dim 0 of `inputs` to `sym` and rewrite until shape inference agrees; (graph, done, todo)."""
+    by_name = {t.name: t for t in graph.inputs}
+    for n in inputs:
+        by_name[n].shape = [sym] + list(by_name[n].shape[1:])
+    graph = _reinfer(graph)
+    done, state, todo = [], {}, []
+    for _ in range(max_rounds):  # until shape inference confirms every guess
+        rw = _Rewriter(graph, set(inputs), batch, sym, state).run()
+        graph = _reinfer(graph)
+        done += rw.done
+        if not rw.changed:
+            break
+    else:
+        todo.append(f"still changing after {max_rounds} rounds (raise `max_rounds`)")
+    graph.cleanup().toposort()
+    final = _Rewriter(graph, set(inputs), batch, sym, state)
+    todo += rw.todo + [f"output '{t.name}' has shape {t.shape}: the batch is not its dim 0"
+                       for t in graph.outputs if t.name in final.reach and t.shape
+                       and isinstance(t.shape[0], int)]
+    return graph, done, todo
+
+
+def _postprocess(graph, ctx, batch, sym, params):
+    """`nms: split` ran first: give its post-processing model the engine's dynamic batch too (its inputs
+    are engine outputs), or refuse the order when that model keeps the old batch baked in."""
+    import onnx
+
+    info = ctx.postprocess
+    path = ctx.artifacts.get(info["file"]) or (ctx.stage_dir / info["file"])
+    post = gs.import_onnx(onnx.load(str(path)))
+    engine = {t.name: t for t in graph.outputs}
+    batched = [pp for pp, out in info["inputs"].items() if out in engine and engine[out].shape
+               and engine[out].shape[0] == sym]
+    by_name = {t.name: t for t in post.inputs}
+    batched = [n for n in batched if by_name[n].shape and by_name[n].shape[0] == batch]
+    if not batched:
+        return
+    post, done, todo = _rewrite(post, batched, batch, sym, params["max_rounds"])
+    post = infer_shapes(post)  # outputs must keep a typed shape
+    if todo:
+        raise RecipeError(
+            f"dynamic_batch runs after `nms` (mode: split), whose post-processing model {info['file']} cannot be "
+            f"made batch-generic: " + "; ".join(todo),
+            hint="put dynamic_batch before `nms` in the recipe's passes, so that the graph is batch-generic where "
+                 "it is cut (what cannot be rewritten is then a warning on the whole graph, and validation "
+                 "compares every profile corner); or keep the batch static")
+    model = gs.export_onnx(post)
+    try:
+        onnx.checker.check_model(model)
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise PassError(f"the post-processing model {info['file']} with a dynamic batch is invalid: "
+                        f"{str(err).splitlines()[0]}") from err
+    onnx.save(model, str(path))
+    ctx.log(f"dynamic_batch: post-processing model {info['file']}: inputs {batched} dim 0 {batch} -> '{sym}'"
+            + (f"; rewrote {len(done)}: " + "; ".join(done) if done else ""))

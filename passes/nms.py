@@ -10,7 +10,9 @@ BatchedNMS_TRT plugin, is gone in TensorRT 11. Modes:
   with fused box decoding against anchors); outputs num_detections/detection_boxes/
   detection_scores/detection_classes. The node gets the domain `trt.plugins` so onnx.checker and
   shape inference accept it; TensorRT's parser dispatches on the op type and finds the plugin by
-  name, `plugin_version` and `plugin_namespace` (default "").
+  name, `plugin_version` and `plugin_namespace` (default ""). The node is written by the same
+  code as the `plugin` pass's (trtpipe.graph.plugin_nodes): where the backend has the creator,
+  each attribute in the type its field declares, and the names checked against its fields.
 * `native`: keep NonMaxSuppression (TensorRT's INMSLayer) but feed it at most `max_candidates`
   boxes through a pre-NMS TopK; selected indices are mapped back, so the rest of the graph is
   untouched. Refused on TensorRT-RTX (no NMS runners).
@@ -32,6 +34,8 @@ import onnx_graphsurgeon as gs
 from trtpipe import BuildError, PassContext, PassError, PipelineError, register_pass
 from trtpipe.graph import nms_match as match_mod
 from trtpipe.graph.nms_postprocess import split
+from trtpipe.graph.plugin_nodes import add_plugin_node, check_attrs
+from trtpipe.graph.postprocess_cut import find_cut
 from trtpipe.graph.shapes import infer_shapes
 
 ROLES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
@@ -44,9 +48,9 @@ def precheck(params: dict, ctx: PassContext) -> None:
     """Refuse, before any conversion, a mode the recipe's backend cannot build."""
     mode = params["mode"]
     _check_backend(mode, ctx)
-    if mode in _PLUGINS and not ctx.plugin_libraries:
+    if mode in _PLUGINS:  # the backend's registry after loading build.plugins (plugin_fields.py)
         plugin = _PLUGINS[mode]
-        if mode == "batched_nms" and params.get("plugin"):
+        if mode == "batched_nms" and params.get("plugin") not in (None, "auto"):
             plugin = params["plugin"]
         try:
             ctx.require_plugin(plugin)
@@ -62,20 +66,36 @@ def nms(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph:
     mode = p["mode"]
     _check_backend(mode, ctx)
     graph = infer_shapes(graph)  # tracing needs shapes; tf2onnx leaves most of them unset
-    m = match_mod.locate(graph, p, require_nms=mode in ("native", "split"))
-    ctx.log(f"nms ({mode}): found {m.describe()}")
     if mode == "split":
-        if not m.nms_outputs:
-            raise PassError("no graph output depends on the NonMaxSuppression: nothing to split off")
-        if ctx.stage_dir is None:
-            raise PassError("split mode writes the post-processing model into ctx.stage_dir, which is unset")
-        graph, _ = split(graph, m, ctx)
-        ctx.log(f"nms: engine outputs {[t.name for t in graph.outputs]}; post-processing model "
-                f"{ctx.postprocess['file']} -> {list(ctx.postprocess['outputs'])}")
-        return graph
+        return _split(graph, p, ctx)
+    m = match_mod.locate(graph, p, require_nms=mode == "native")
+    ctx.log(f"nms ({mode}): found {m.describe()}")
     if mode == "native":
         return _native(graph, m, p, ctx)
     return _plugin(graph, m, p, ctx)
+
+
+SETTINGS = ("score_threshold", "iou_threshold", "max_detections")
+
+
+def _split(graph, p, ctx):
+    """Engine up to the raw detections (named, or where the post-processing starts by structure);
+    the rest, with the recipe's NMS settings applied, as the post-processing model."""
+    if ctx.stage_dir is None:
+        raise PassError("split mode writes the post-processing model into ctx.stage_dir, which is unset")
+    cut = find_cut(graph, {r: p.get(r) for r in ("boxes", "scores", "classes", "anchors")}, "NMS")
+    ctx.log(f"nms (split): {cut.describe()}")
+    for t in cut.extra:
+        ctx.log(f"nms: the post-processing reads '{t.name}', computed before the cut: an extra engine output")
+    try:
+        graph, _ = split(graph, cut, ctx, {k: p.get(k) for k in SETTINGS})
+    except PassError as err:
+        if getattr(err, "key", None):  # a setting: point at its recipe line
+            err.key_path = ("params", err.key)
+        raise
+    ctx.log(f"nms: engine outputs {[t.name for t in graph.outputs]}; post-processing model "
+            f"{ctx.postprocess['file']} -> {list(ctx.postprocess['outputs'])}")
+    return graph
 
 
 def _check_backend(mode, ctx):
@@ -131,7 +151,7 @@ def _plugin(graph, m, p, ctx):
         if len(boxes.shape) == 4 and boxes.shape[2] == 1:  # [B,N,1,4] -> [B,N,4]
             boxes = b.op("Squeeze", [boxes, b.const("axes", [2])], [list(boxes.shape[:2]) + [4]])
         inputs, op, attrs = [boxes, scores], "EfficientNMS_TRT", {
-            "plugin_version": "1", "background_class": p["background_class"],
+            "background_class": p["background_class"],
             "max_output_boxes": keep, "score_threshold": score, "iou_threshold": iou,
             "score_activation": int(p["score_activation"]), "class_agnostic": int(p["class_agnostic"]),
             "box_coding": int(_box_coding(m, p) == "center_size")}
@@ -147,14 +167,14 @@ def _plugin(graph, m, p, ctx):
         dynamic = p["plugin"] == "BatchedNMSDynamic_TRT" or (
             p["plugin"] == "auto" and not all(isinstance(d, int) for d in boxes.shape))
         inputs, op = [boxes, scores], "BatchedNMSDynamic_TRT" if dynamic else "BatchedNMS_TRT"
-        attrs = {"plugin_version": "1", "shareLocation": int(boxes.shape[2] == 1),
+        attrs = {"shareLocation": int(boxes.shape[2] == 1),
                  "backgroundLabelId": p["background_class"], "numClasses": classes,
                  "topK": min(p["top_k"], boxes.shape[1]) if isinstance(boxes.shape[1], int) else p["top_k"],
                  "keepTopK": keep, "scoreThreshold": score, "iouThreshold": iou,
                  "isNormalized": int(p["is_normalized"]), "clipBoxes": int(p["clip_boxes"]),
                  "scoreBits": p["score_bits"]}
-    graph.nodes.append(gs.Node(op, name=f"nms/{op}", attrs=attrs, inputs=inputs, outputs=outs,
-                               domain=p["plugin_domain"]))
+    add_plugin_node(graph, op, inputs, outs, attrs, version="1", domain=p["plugin_domain"], name=f"nms/{op}",
+                    creator=_creator(op, attrs, ctx))
     if p["class_offset"]:  # TF-OD numbers classes from 1 (label_id_offset); the plugins from 0
         final = gs.Variable(names["detection_classes"], cls_dtype, [batch, keep])
         b.op("Add", [outs[3], b.const("class_offset", np.array(p["class_offset"], cls_dtype))],
@@ -169,6 +189,24 @@ def _plugin(graph, m, p, ctx):
     ctx.log(f"nms: {op} (iou {iou:.6g}, score {score:.6g}, keep {keep}) on "
             f"'{m.boxes.name}', '{m.scores.name}'")
     return graph
+
+
+def _creator(op, attrs, ctx):
+    """The plugin's creator where the backend has it (its fields type the attributes, and the
+    attribute names this pass writes are checked against them); None where it does not (the
+    precheck refuses such a run; tests write the node for TensorRT on a TensorRT-RTX machine)."""
+    try:
+        creator = ctx.plugin_creator(op, "1")
+    except PipelineError:
+        ctx.log(f"nms: {op} is not in the backend's plugin registry here; attributes written by their Python types")
+        return None
+    problems, unset = check_attrs(attrs, creator)
+    if problems:
+        raise PassError(f"{op} attributes do not fit {creator.label} ({creator.origin}): "
+                        + "; ".join(f"{k}: {m}" for k, m in problems))
+    for note in unset:
+        ctx.log(f"nms: {note}")
+    return creator
 
 
 def _box_coding(m, p):

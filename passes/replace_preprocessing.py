@@ -8,8 +8,9 @@ first Conv), removes what only fed that tensor (the Loop, its trip-count logic, 
 the backbone `x * scale`, then `(x - mean) / std` (or the folded `x * a + b`), then the
 NHWC->NCHW Transpose the backbone expects, computed from the graph input directly.
 
-Other Loop outputs still in use (e.g. per-image true_image_shape) must not depend on pixel
-values: with a static input they are evaluated once with ONNX Runtime and become constants.
+Other Loop outputs still in use (e.g. per-image true_image_shape, Model Garden's image_info, also
+when it is a graph output) must not depend on pixel values: with a static input they are
+evaluated once with ONNX Runtime and become constants (a graph output keeps its name).
 Shape readers of the input become constants when its shape is static.
 
 The input must already be float (TensorRT has no uint8 inputs): run `set_input` first or give
@@ -49,6 +50,8 @@ def replace_preprocessing(graph: gs.Graph, params: dict, ctx: PassContext) -> gs
     in_shape = list(inp.shape or [None] * 4)
     hw_in = [in_shape[i] for i in ((1, 2) if in_layout == "NHWC" else (2, 3))]
     att_shape = _shape_of(attach)
+    if not (att_shape and all(isinstance(d, int) for d in att_shape)):  # e.g. a Loop whose resize size is computed
+        att_shape = _measured_shape(graph, inp, attach) or att_shape
     hw_att = att_shape and [att_shape[i] for i in ((1, 2) if att_layout == "NHWC" else (2, 3))]
     resize = params.get("resize")
     if resize and hw_att and all(isinstance(d, int) for d in hw_att) and list(resize["size"]) != hw_att:
@@ -90,6 +93,10 @@ def replace_preprocessing(graph: gs.Graph, params: dict, ctx: PassContext) -> gs
         const = gs.Constant(tensor.name + "/const", value)
         for node in list(tensor.outputs):
             replace_input(node, tensor, const)
+        if tensor in graph.outputs:  # e.g. Model Garden's image_info: the output keeps its name
+            producer = tensor.inputs[0]
+            producer.outputs[producer.outputs.index(tensor)] = gs.Variable(tensor.name + "/replaced")
+            graph.nodes.append(gs.Node("Identity", name=tensor.name + "/const", inputs=[const], outputs=[tensor]))
     # Shape readers of the input (or of adapters in front of the Loop) -> constants when static
     folded_shapes = _constant_shapes(graph, [inp] + [o for n in region for o in n.outputs])
     removed = _prune(graph, region)
@@ -286,6 +293,26 @@ def _attach_layout(attach, channels, graph, conv, top):
         if n.op == "Transpose" and list(n.attrs.get("perm", [])) == [0, 3, 1, 2]:
             return "NHWC"
     return "NCHW"
+
+
+def _measured_shape(graph, inp, attach):
+    """The shape of `attach` when the preprocessing runs (ONNX Runtime, random pixels) on an input of
+    `inp`'s static shape: the size the backbone reads, where shape inference cannot tell it (a Loop
+    whose resize sizes are computed). None when the input shape is not static or the run fails."""
+    if inp.shape is None or not all(isinstance(d, int) and d > 0 for d in inp.shape):
+        return None
+    import onnxruntime as ort
+    g = graph.copy()
+    tensors = g.tensors()
+    g.inputs, g.outputs = [tensors[inp.name]], [tensors[attach.name]]
+    g.cleanup()
+    try:
+        sess = ort.InferenceSession(gs.export_onnx(g, do_type_check=False).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        value = sess.run(None, {inp.name: np.random.default_rng(0).integers(0, 256, inp.shape).astype(inp.dtype)})[0]
+    except Exception:  # only sharpens the size check; the runner's checks catch a broken graph
+        return None
+    return list(value.shape) if value.ndim == 4 else None
 
 
 def _ancestors(tensor, graph, top):

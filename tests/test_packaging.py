@@ -32,6 +32,15 @@ BLOCKED = ("import sys\n"
            "from trtpipe.cli import entry\n"
            "entry()\n")
 SKIPPED = "skipped: backend checks (no TensorRT or TensorRT-RTX installed: pip install 'trt-pipeline[all]')"
+# recipes/effdet-tensorrt.yaml names `backend: tensorrt`: its backend checks are skipped wherever TensorRT is missing
+SKIPPED_TRT = "skipped: backend checks (tensorrt is not installed here: pip install 'trt-pipeline[tensorrt]')"
+
+
+def _skipped(name):
+    """(the ok line's backend note, the skipped line) `check` prints for recipe `name` without any backend."""
+    if name == "effdet-tensorrt.yaml":  # also warns that EfficientNMS_TRT is deprecated
+        return "(tensorrt not installed: backend checks skipped; 1 warning(s))", SKIPPED_TRT
+    return "(no backend installed: backend checks skipped)", SKIPPED
 SUBPACKAGES = sorted(str(p.parent.relative_to(REPO)).replace(os.sep, ".")
                      for p in (REPO / "trtpipe").rglob("__init__.py"))
 PASS_SCHEMAS = sorted(p.name for p in (REPO / "schemas" / "passes").glob("*.schema.json"))
@@ -146,10 +155,11 @@ def venv(wheel, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A directory outside the repository with copies of recipes, the demo SavedModel and docs/."""
+    """A directory outside the repository with copies of recipes, the demo SavedModels and docs/."""
     root = tmp_path_factory.mktemp("elsewhere")
     shutil.copytree(REPO / "recipes", root / "recipes")
-    shutil.copytree(REPO / "models" / "effdet_demo", root / "models" / "effdet_demo")
+    for demo in sorted((REPO / "models").glob("*_demo")):  # every recipe's committed model
+        shutil.copytree(demo, root / "models" / demo.name)
     shutil.copytree(REPO / "docs", root / "docs")
     return root
 
@@ -165,7 +175,7 @@ def test_installed_wheel_runs_from_anywhere(venv, workdir):
     for path in json.loads(out):
         assert Path(path).resolve().is_relative_to(venv.resolve()), path
 
-    code, out, err = _run([bin_dir / "trt-pipeline", "check", "--format", "recipes/effdet.yaml",
+    code, out, err = _run([bin_dir / "trt-pipeline", "check", "--fmt", "recipes/effdet.yaml",
                            "recipes/zoo-resnet50.yaml"], cwd=workdir)
     assert code == 0, out + err
     assert re.search(r"^ok recipes/effdet\.yaml \(", out, re.M), out
@@ -204,12 +214,13 @@ def test_installed_wheel_runs_from_anywhere(venv, workdir):
 def test_installed_wheel_without_heavy_packages(venv, workdir):
     """The pre-commit situation: the installed package with only the core (everything HEAVY is
     unimportable): check passes, saying per recipe which checks it skipped."""
-    code, out, err = _run([venv / "bin" / "python", "-c", BLOCKED, "check", "--format", "recipes/"], cwd=workdir)
+    code, out, err = _run([venv / "bin" / "python", "-c", BLOCKED, "check", "--fmt", "recipes/"], cwd=workdir)
     assert code == 0, out + err
     recipes = sorted(p.name for p in (workdir / "recipes").glob("*.yaml"))
     for name in recipes:
-        assert f"ok recipes/{name} (no backend installed: backend checks skipped)" in out, out
-        assert f"recipes/{name}: {SKIPPED}" in err, err
+        ok_note, skipped = _skipped(name)
+        assert f"ok recipes/{name} {ok_note}" in out, out
+        assert f"recipes/{name}: {skipped}" in err, err
     assert err.count("skipped:") == len(recipes), err
 
 
@@ -221,14 +232,15 @@ def _blocked(*args):
 
 @pytest.mark.slow
 def test_check_without_backend_skips_only_backend_checks(tmp_path):
-    code, out, err = _blocked("check", "--format", "recipes/")
+    code, out, err = _blocked("check", "--fmt", "recipes/")
     assert code == 0, out + err
     recipes = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
-    # effdet-tensorrt.yaml fails where TensorRT-RTX is the backend; with no backend it is not judged
+    # effdet-tensorrt.yaml names TensorRT; here its backend checks are skipped, as every recipe's
     assert "effdet-tensorrt.yaml" in recipes
     for name in recipes:
-        assert f"ok recipes/{name} (no backend installed: backend checks skipped)" in out, out
-        assert f"recipes/{name}: {SKIPPED}" in err, err
+        ok_note, skipped = _skipped(name)
+        assert f"ok recipes/{name} {ok_note}" in out, out
+        assert f"recipes/{name}: {skipped}" in err, err
     assert f"checked {len(recipes)} recipe(s): {len(recipes)} ok, 0 with problems" in out
     assert "error" not in err
 
@@ -241,7 +253,8 @@ def test_check_without_backend_skips_only_backend_checks(tmp_path):
     # bf16_on_turing names tensorrt_rtx: its compute capabilities apply without the backend installed
     assert re.search(r"bf16_on_turing\.yaml:\d+:\d+: precision bf16 needs BF16 .* includes 7\.5", err), err
     assert "unknown pass 'fold_constant' (did you mean 'fold_constants'?)" in err
-    assert f"{fixtures}efficient_nms_on_rtx.yaml: {SKIPPED}" in err  # its problem needs the backend
+    assert (f"{fixtures}efficient_nms_on_rtx.yaml: skipped: backend checks (tensorrt_rtx is not installed here: "
+            "pip install 'trt-pipeline[all]')") in err  # its problem needs the backend it names
     assert "checked 4 recipe(s): 1 ok, 3 with problems" in err
     assert out == ""  # -q: only problems (and what was skipped, on stderr)
 
@@ -258,7 +271,8 @@ def test_check_without_backend_skips_only_backend_checks(tmp_path):
 @pytest.mark.slow
 def test_review_commands_without_heavy_packages():
     code, out, err = _blocked("fmt", "--check", "recipes/")
-    assert (code, out, err) == (0, "", "")
+    n = len(list((REPO / "recipes").glob("*.yaml")))
+    assert (code, out, err) == (0, f"fmt --check: {n} recipe(s) checked, {n} canonically formatted\n", "")
     code, out, err = _blocked("fmt", "--check", "tests/fixtures/recipes/unformatted.yaml")
     assert code == 3 and "not canonically formatted" in err, out + err
 

@@ -17,11 +17,11 @@ stage cache `trtpipe.cache`, the review commands `trtpipe.review`; see docs/arch
 
 import importlib
 
-from trtpipe.errors import BuildError, PassError, PipelineError, did_you_mean, suggest
+from trtpipe.errors import BuildError, PassError, PipelineError, RecipeError, did_you_mean, suggest
 from trtpipe.registry import PassContext, register_pass
 
-__all__ = ["BuildError", "PassContext", "PassError", "PipelineError", "did_you_mean", "register_pass",
-           "run_pass", "suggest"]
+__all__ = ["BuildError", "PassContext", "PassError", "PipelineError", "RecipeError", "did_you_mean",
+           "register_pass", "run_pass", "suggest"]
 
 
 def __getattr__(name: str):

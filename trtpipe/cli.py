@@ -18,7 +18,8 @@ def _exit_code_help():
 
 def _common(parser):
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print pass notes and builder phases")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print pass notes, builder phases, and what libraries print or warn (Polygraphy, numpy)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
 
 
@@ -32,6 +33,7 @@ def _main_parser():
 
             other commands:
               python pipeline.py passes [NAME]          list graph-surgery passes and their parameters
+              python pipeline.py plugins [NAME]         list the backend's plugin creators and their fields
               python pipeline.py check RECIPE...        check recipes without converting or building
               python pipeline.py explain RECIPE         resolved recipe (defaults marked) and stage plan
               python pipeline.py diff OLD NEW           semantic recipe diff and the stages that re-run
@@ -40,6 +42,12 @@ def _main_parser():
               python pipeline.py docs [--check]         regenerate docs/passes.md, docs/recipe.md
               python pipeline.py cache info|prune       the stage cache (see README "Cache")
               python pipeline.py bisect RECIPE          the first pass whose outputs diverge from the source's
+              python pipeline.py predict OUTPUT_DIR IMAGE_OR_DIR... [--runtime auto|engine|onnxruntime]
+                                                        run the published model on images: JSON + PNG per image
+              python pipeline.py bench OUTPUT_DIR       latency percentiles and throughput (engine, ONNX Runtime)
+              python pipeline.py export OUTPUT_DIR --for trtexec|polygraphy  the line that builds the same plan
+              python pipeline.py refit PLAN --onnx FINAL.onnx  weights back into a refittable/stripped plan
+              python pipeline.py build-all RECIPE_OR_DIR... --targets 8.6,8.9  every recipe for every target
             """),
         epilog=_exit_code_help() + "\n\nRecipe reference: schemas/recipe.schema.json (see docs/).")
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/effdet.yaml")
@@ -50,6 +58,9 @@ def _main_parser():
     parser.add_argument("--from", dest="from_stage", metavar="STAGE",
                         help="re-run STAGE and every stage after it: source, passes, passes[N] or a pass name, "
                              "precision, validate, build")
+    parser.add_argument("--compute-capabilities", metavar="LIST",
+                        help="build for these compute capabilities (e.g. 8.6 or 8.6,8.9) instead of the recipe's "
+                             "build.compute_capabilities (TensorRT-RTX; build-all's targets)")
     _cache_dir_flag(parser)
     _common(parser)
     return parser
@@ -62,18 +73,31 @@ def _cache_dir_flag(parser):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from trtpipe.cache import commands as cache  # noqa: F401  (registers cache)
+    from trtpipe.deploy import commands as deploy  # noqa: F401  (registers predict, bench, export, refit)
+    from trtpipe.fleet import command as fleet  # noqa: F401  (registers build-all)
     from trtpipe.review import commands as review  # noqa: F401  (registers check, explain, diff, fmt, docs)
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
-    args = _main_parser().parse_args(argv)
+    parser = _main_parser()
+    args = parser.parse_args(argv)
+    ccs = None
+    if args.compute_capabilities:
+        from trtpipe.fleet.tasks import TargetError, parse_compute_capabilities
+        try:
+            ccs = parse_compute_capabilities(args.compute_capabilities)
+        except TargetError as err:
+            parser.error(f"--compute-capabilities: {err}")
     from trtpipe.console import UI
     ui = UI(quiet=args.quiet, verbose=args.verbose)
 
     def job():
         from trtpipe.stages.run import RunOptions, run_recipe
-        run_recipe(args.recipe, ui, RunOptions(validate=not args.no_validate, debug=args.debug,
-                                                  output_dir=args.output_dir, cache_dir=args.cache_dir,
-                                                  force=args.force, from_stage=args.from_stage))
+        with ui.third_party_to_log():  # library prints and warnings: the -v log, not between the stage lines
+            run_recipe(args.recipe, ui, RunOptions(validate=not args.no_validate, debug=args.debug,
+                                                      output_dir=args.output_dir, cache_dir=args.cache_dir,
+                                                      force=args.force, from_stage=args.from_stage,
+                                                      compute_capabilities=ccs))
 
     return guarded(job, ui, args.debug)
 
@@ -86,7 +110,7 @@ def cmd_passes(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from trtpipe import registry
     from trtpipe.console import UI
-    from trtpipe.review.docs import pass_markdown, pass_names_table
+    from trtpipe.review.docs import pass_names_table, pass_text
     ui = UI()
     try:
         registry.load_all()  # a broken third-party entry point: its message and exit code, as a run gives
@@ -99,12 +123,20 @@ def cmd_passes(argv: list[str]) -> int:
             from trtpipe.errors import suggest
             ui.error(f"unknown pass '{args.name}'{suggest(args.name, registry.names())}", EXIT_USAGE)
             return EXIT_USAGE
-        from rich.markdown import Markdown
-        ui.out.print(Markdown(pass_markdown(info)))
+        # plain text wrapped here, at the terminal's width: every docstring line shown, no word split
+        import shutil
+        width = ui.out.width if ui.out.is_terminal else shutil.get_terminal_size((100, 24)).columns  # COLUMNS
+        ui.out.print(pass_text(info, width), markup=False, highlight=False, soft_wrap=True, end="")
         return EXIT_OK
     ui.out.print(pass_names_table(registry.all_passes()))
     ui.out.print("\n`python pipeline.py passes NAME` shows one pass with its parameters.")
     return EXIT_OK
+
+
+@command("plugins")
+def cmd_plugins(argv: list[str]) -> int:
+    from trtpipe.stages.build.plugin_list import plugins_command
+    return plugins_command(argv)
 
 
 @command("bisect")
@@ -134,72 +166,10 @@ def cmd_bisect(argv: list[str]) -> int:
 
     def job():
         from trtpipe.stages.run import RunOptions, bisect_recipe
-        bisect_recipe(args.recipe, ui, RunOptions(debug=args.debug, cache_dir=args.cache_dir, force=args.force))
+        with ui.third_party_to_log():
+            bisect_recipe(args.recipe, ui, RunOptions(debug=args.debug, cache_dir=args.cache_dir, force=args.force))
 
     return guarded(job, ui, args.debug)
-
-
-@command("cache")
-def cmd_cache(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python pipeline.py cache",
-                                     description="Inspect or prune the stage cache (converted models, pass outputs, "
-                                                 "validation results, plans, timing caches).")
-    sub = parser.add_subparsers(dest="action", required=True)
-    info = sub.add_parser("info", help="location, entries per stage, size")
-    info.add_argument("--verify", action="store_true", help="also check every entry's files (discarding bad ones)")
-    _cache_dir_flag(info)
-    prune = sub.add_parser("prune", help="remove entries (all, or those unused for --older-than)")
-    prune.add_argument("--older-than", metavar="AGE", help="only entries not used for AGE (e.g. 30d, 12h, 90m)")
-    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-    _cache_dir_flag(prune)
-    args = parser.parse_args(argv)
-    from trtpipe import cache
-    from trtpipe.console import UI
-    ui = UI()
-    root, how = cache.resolve_dir(args.cache_dir)
-    store = cache.Cache(root, warn=ui.warn)
-    if args.action == "info":
-        return _cache_info(ui, store, how, args.verify)
-    try:
-        age = cache.parse_age(args.older_than) if args.older_than else None
-    except ValueError as err:
-        ui.error(f"--older-than: {err}", EXIT_USAGE)
-        return EXIT_USAGE
-    if not (root / "entries").is_dir():
-        ui.out.print(f"cache {root} ({how}) is empty")
-        return EXIT_OK
-    count, freed = store.prune(age, dry_run=args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
-    scope = f" unused for {args.older_than}" if args.older_than else ""
-    ui.out.print(f"{verb} {count} entr{'y' if count == 1 else 'ies'}{scope} ({freed / 2**20:.1f} MiB) from {root}")
-    return EXIT_OK
-
-
-def _cache_info(ui, store, how, verify):
-    import time
-    if not (store.root / "entries").is_dir():
-        ui.out.print(f"cache: {store.root} ({how}): empty")
-        return EXIT_OK
-    problems = store.verify_all() if verify else []
-    data = store.info()
-    when = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"  # noqa: E731
-    ui.out.print(f"cache: {data['dir']} ({how})")
-    total = sum(s["entries"] for s in data["stages"].values())
-    ui.out.print(f"  {total} entries, {data['bytes'] / 2**20:.1f} MiB; last used {when(data['newest_use'])}, "
-                 f"least recently used {when(data['oldest_use'])}")
-    for kind, s in sorted(data["stages"].items()):
-        ui.out.print(f"  {kind:<10} {s['entries']:>5} entries  {s['bytes'] / 2**20:>9.1f} MiB")
-    for name in data["timing_caches"]:
-        ui.out.print(f"  timing cache {name}")
-    if data["temporary"]:
-        ui.out.print(f"  {len(data['temporary'])} temporary entr{'y' if len(data['temporary']) == 1 else 'ies'} "
-                     "(being written, or left by a killed run: the next run removes those)")
-    if verify:
-        for p in problems:
-            ui.warn(p)
-        verdict = "all entries intact" if not problems else f"{len(problems)} bad entries discarded"
-        ui.out.print(f"  verified: {verdict}")
-    return EXIT_OK
 
 
 def entry() -> NoReturn:

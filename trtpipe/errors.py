@@ -15,17 +15,26 @@ EXIT_PASS = 5          # a graph-surgery pass failed
 EXIT_VALIDATION = 6    # outputs disagree beyond tolerance
 EXIT_BUILD = 7         # parser, plugin or builder failure
 EXIT_OUTPUT = 8        # output directory not writable, artifact could not be published
+EXIT_DEPLOY = 9        # predict/bench/export/refit: bad images, published output directory or plan
+EXIT_VALIDATION_NOT_RUN = 10  # validation could not run: ONNX Runtime cannot run a model, or no data can be fed
+EXIT_TASKS = 11        # build-all: one or more of its tasks failed (build-all.json has each one's code)
 
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "internal error (a bug: please report it with --debug output)",
     EXIT_USAGE: "bad command-line usage",
     EXIT_RECIPE: "recipe error (YAML, schema, pass names or parameters, paths)",
-    EXIT_SOURCE: "source error (model missing, corrupt, or conversion left unknown ops)",
+    EXIT_SOURCE: "source error (model missing, corrupt, conversion left unknown ops, fails the onnx checks, or an "
+                 "IR version / opset the installed onnx or ONNX Runtime cannot read)",
     EXIT_PASS: "graph-surgery pass failed",
     EXIT_VALIDATION: "validation failed (outputs disagree beyond tolerance)",
     EXIT_BUILD: "build error (parser, plugin or builder)",
-    EXIT_OUTPUT: "output error (cannot write artifacts)",
+    EXIT_OUTPUT: "output error (cannot write artifacts: not writable, disk full, an output that is an input "
+                 "of the run, another recipe's output directory)",
+    EXIT_DEPLOY: "deployment input error (predict, bench, export, refit: images, published output directory, plan)",
+    EXIT_VALIDATION_NOT_RUN: "validation could not run (ONNX Runtime cannot run a model, or no valid data "
+                             "can be made for an input; the message says what to give)",
+    EXIT_TASKS: "build-all: one or more tasks failed (build-all.json gives each task's exit code)",
 }
 
 
@@ -64,6 +73,15 @@ class ValidationError(PipelineError):
     stage = "validate"
 
 
+class ValidationNotRunError(ValidationError):
+    """Validation could not run at all, as opposed to outputs that disagree: ONNX Runtime cannot
+    load or run a model (an op, type, IR version or opset it lacks), or no valid data can be made
+    for an input (a parameter input such as Reshape's `shape`, a type ONNX Runtime's Python API
+    cannot be fed). Nothing was compared; the message names the model or input and the way out."""
+
+    exit_code = EXIT_VALIDATION_NOT_RUN
+
+
 class BuildError(PipelineError):
     exit_code = EXIT_BUILD
     stage = "build"
@@ -72,6 +90,15 @@ class BuildError(PipelineError):
 class OutputError(PipelineError):
     exit_code = EXIT_OUTPUT
     stage = "output"
+
+
+class DeployError(PipelineError):
+    """predict, bench, export or refit cannot use what they were given: no or unreadable images,
+    an output directory a run did not publish (or an older run, without the input contract), a
+    plan for another backend, or an engine that cannot run here when one was asked for."""
+
+    exit_code = EXIT_DEPLOY
+    stage = "deploy"
 
 
 def suggest(word: object, candidates: "list[object] | set[object] | tuple[object, ...]", cutoff: float = 0.6) -> str:

@@ -213,7 +213,8 @@ class PassContext:
         self.artifacts[name] = Path(path)
 
     def require_plugin(self, plugin: str, version: str = "1", namespace: str = "") -> None:
-        """Refuse, before any conversion, when the run's backend has no creator for `plugin`.
+        """Refuse, before any conversion, when the run's backend (plus `plugin_libraries`, loaded
+        as the build loads them) has no creator for `plugin`.
 
         Args:
             plugin: the plugin creator's name as the TensorRT plugin registry lists it
@@ -222,8 +223,28 @@ class PassContext:
             namespace: the creator's plugin namespace ("" is TensorRT's default namespace).
 
         Raises:
-            BuildError: the backend's plugin registry lacks it (or the backend is not installed).
+            BuildError: the registry lacks it (the message lists close names and the versions it
+                has), a plugin library cannot be loaded, or the backend is not installed.
+        """
+        self.plugin_creator(plugin, version, namespace)
+
+    def plugin_creator(self, plugin: str, version: str = "1", namespace: str = "") -> Any:
+        """The creator a plugin node reaches in the run's backend, after loading `plugin_libraries`
+        (trtpipe/stages/build/plugin_fields.py): a `trtpipe.graph.plugin_nodes.PluginCreatorSpec`
+        with its fields' names, types and lengths, for `plugin_nodes.check_attrs` and
+        `plugin_nodes.add_plugin_node`.
+
+        Args:
+            plugin: the creator name (the node's op type), e.g. "ROIAlign_TRT".
+            version: the creator version ("" accepts any).
+            namespace: the plugin namespace ("" is TensorRT's default namespace).
+
+        Returns:
+            The PluginCreatorSpec.
+
+        Raises:
+            BuildError: as require_plugin.
         """
         from trtpipe.backend import resolve_backend
-        from trtpipe.stages.build.plugins import require_plugin
-        require_plugin(resolve_backend(self.backend), plugin, version, namespace)
+        from trtpipe.stages.build.plugin_fields import find_creator
+        return find_creator(resolve_backend(self.backend), plugin, version, namespace, self.plugin_libraries)

@@ -244,7 +244,7 @@ def test_batched_nms_on_tensorrt_10(source, tmp_path):
 def test_missing_tensor_suggests_name(source, tmp_path):
     with pytest.raises(PassError, match="did you mean 'raw_detection_boxes'"):
         run_nms(source("demo"), {"mode": "split", "boxes": "raw_detection_boxs"}, tmp_path)
-    with pytest.raises(PassError, match=r"must be \[B,N,4\]"):
+    with pytest.raises(PassError, match=r"boxes tensor 'input_tensor' is a graph input"):
         run_nms(source("demo"), {"mode": "split", "boxes": "input_tensor"}, tmp_path)
     with pytest.raises(PassError, match="same tensor"):
         run_nms(source("demo"), {"mode": "split", "boxes": "raw_detection_scores",
@@ -254,7 +254,7 @@ def test_missing_tensor_suggests_name(source, tmp_path):
 @pytest.mark.slow
 def test_no_nms_in_graph(source, tmp_path):
     engine, _ = run_nms(source("demo"), {"mode": "split"}, tmp_path)
-    with pytest.raises(PassError, match="expected a NonMaxSuppression node"):
+    with pytest.raises(PassError, match="found no NMS to split off: no TopK, NonMaxSuppression or Loop"):
         run_nms(engine, {"mode": "split"}, tmp_path)
     # with the tensors named, a plugin can still go on a graph that was already cut
     model, _ = run_nms(engine, {"mode": "efficient_nms", "boxes": "raw_detection_boxes",

@@ -103,11 +103,23 @@ def test_without_nms_pass_the_build_has_no_nms_runner(tmp_path, run_cli):
 
 
 def test_tensorrt_recipe_refused_before_conversion(tmp_path, run_cli):
+    """effdet-tensorrt names `backend: tensorrt`: where TensorRT is not installed the run stops at
+    once (exit 7), before any conversion; pinned to TensorRT-RTX (which has no EfficientNMS_TRT)
+    it stops at the plugin, also before conversion."""
+    from trtpipe.backend import installed_backends
     recipe = load_recipe(REPO / "recipes" / "effdet-tensorrt.yaml")
-    if resolve_backend(recipe.data["build"]["backend"]).name != "tensorrt_rtx":
+    assert recipe.data["build"]["backend"] == "tensorrt"
+    if "tensorrt" in installed_backends():
         pytest.skip("real TensorRT is installed: the plugin exists here")
     code, out, err = run_cli(REPO / "recipes" / "effdet-tensorrt.yaml", "--output-dir", tmp_path / "out")
     assert code == errors.EXIT_BUILD
-    assert "EfficientNMS_TRT" in err and "tensorrt_rtx" in err and "effdet-tensorrt.yaml:" in err
+    assert "backend tensorrt cannot be imported" in err
     assert "▶ source" not in out  # refused before any conversion
+    rtx = tmp_path / "effdet-rtx.yaml"
+    rtx.write_text((REPO / "recipes" / "effdet-tensorrt.yaml").read_text().replace("../", str(REPO) + "/")
+                   .replace("backend: tensorrt ", "backend: tensorrt_rtx "))
+    code, out, err = run_cli(rtx, "--output-dir", tmp_path / "out")
+    assert code == errors.EXIT_BUILD
+    assert "EfficientNMS_TRT" in err and "tensorrt_rtx" in err and "effdet-rtx.yaml:" in err
+    assert "▶ source" not in out
     assert not list(tmp_path.rglob("*.plan"))

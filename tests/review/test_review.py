@@ -72,7 +72,7 @@ def test_check_fixture_corpus(fixture, run_cli, in_repo):
         for needle in expected:
             assert needle in err, f"{needle!r} not in:\n{err}"
         assert "Traceback" not in err
-    code, _, err = run_cli("check", "--format", _rel(fixture))
+    code, _, err = run_cli("check", "--fmt", _rel(fixture))
     if expected_format:
         assert code == 3
         for needle in expected_format:
@@ -102,18 +102,21 @@ def test_check_messages_are_the_runs(name, run_cli, in_repo, tmp_path):
 
 
 def test_check_real_recipes(run_cli, in_repo):
-    """The shipped recipes: all fine except effdet-tensorrt, which needs TensorRT's EfficientNMS_TRT
-    plugin and is refused where `auto` resolves to TensorRT-RTX, as its run would be."""
-    code, out, err = run_cli("check", "--format", "recipes")
+    """The shipped recipes are all fine. effdet-tensorrt names `backend: tensorrt`: where TensorRT
+    is not installed its backend checks are skipped with a warning (not an error), and it is
+    warned about EfficientNMS_TRT's deprecation everywhere."""
+    code, out, err = run_cli("check", "--fmt", "recipes")
+    assert code == 0, err
     for path in RECIPES:
-        if path.name != "effdet-tensorrt.yaml":
-            assert f"ok recipes/{path.name}" in out
-    if _rtx_only():
-        assert code == 3
-        assert ("recipes/effdet-tensorrt.yaml:34:5: passes[3] nms: mode efficient_nms needs the "
-                "EfficientNMS_TRT plugin") in err
-        assert "`auto` resolves to tensorrt_rtx" in err
-        assert "checked 5 recipe(s): 4 ok, 1 with problems" in err
+        assert f"ok recipes/{path.name}" in out
+    assert "recipes/effdet-tensorrt.yaml:36:7: passes[3] nms: mode: EfficientNMS_TRT is deprecated" in err
+    from trtpipe.backend import installed_backends
+    if "tensorrt" not in installed_backends():
+        assert ("warning: recipes/effdet-tensorrt.yaml: skipped: backend checks (tensorrt is not installed "
+                "here") in err
+        code, _, err = run_cli("check", "--strict-backend", "recipes/effdet-tensorrt.yaml")
+        assert code == 3 and "build.backend: backend checks need tensorrt (--strict-backend)" in err
+    assert f"checked {len(RECIPES)} recipe(s): {len(RECIPES)} ok, 0 with problems" in out
     code, _, _ = run_cli("check", "recipes/effdet.yaml", "recipes/zoo-resnet50.yaml")
     assert code == 0
 
@@ -134,13 +137,20 @@ def test_check_reports_every_recipe_and_every_problem(run_cli, in_repo, tmp_path
     assert "checked 3 recipe(s): 1 ok, 2 with problems" in err
 
 
-def test_check_warn_backend_only_softens_machine_dependent_problems(run_cli, in_repo):
+def test_check_warn_backend_only_softens_machine_dependent_problems(run_cli, in_repo, tmp_path):
     if not _rtx_only():
         pytest.skip("needs TensorRT-RTX as the only backend")
-    code, out, err = run_cli("check", "--warn-backend", "recipes")
+    # effdet-tensorrt with `backend: auto`: auto resolves to TensorRT-RTX here, which lacks the plugin
+    auto = tmp_path / "effdet-auto.yaml"
+    auto.write_text((REPO / "recipes" / "effdet-tensorrt.yaml").read_text().replace("../", str(REPO) + "/")
+                    .replace("backend: tensorrt ", "backend: auto "))
+    code, _, err = run_cli("check", auto)
+    assert code == 3 and f"{auto}:34:5: passes[3] nms: mode efficient_nms needs the EfficientNMS_TRT plugin" in err
+    assert "`auto` resolves to tensorrt_rtx" in err
+    code, out, err = run_cli("check", "--warn-backend", auto)
     assert code == 0, err
-    assert "warning (--warn-backend): recipes/effdet-tensorrt.yaml:34:5: passes[3] nms" in err
-    assert "ok recipes/effdet-tensorrt.yaml (tensorrt_rtx 1.7.1; 1 backend warning(s))" in out
+    assert f"warning (--warn-backend): {auto}:34:5: passes[3] nms" in err
+    assert f"ok {auto} (tensorrt_rtx 1.7.1; 1 backend warning(s); 1 warning(s))" in out
     # a recipe pinned to tensorrt_rtx fails everywhere TensorRT-RTX is what it names: still an error
     code, _, err = run_cli("check", "--warn-backend", _rel(FIXTURES / "efficient_nms_on_rtx.yaml"))
     assert code == 3 and "error (exit 3)" in err
@@ -150,7 +160,7 @@ def test_check_is_fast_and_never_imports_tensorflow():
     code = ("import json, sys, time\n"
             "t = time.perf_counter()\n"
             "from trtpipe.cli import main\n"
-            "rc = main(['check', '--format', 'recipes', 'tests/fixtures/recipes'])\n"
+            "rc = main(['check', '--fmt', 'recipes', 'tests/fixtures/recipes'])\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf2onnx', 'keras'))\n"
             "print(json.dumps({'rc': rc, 'heavy': heavy, 's': time.perf_counter() - t}))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -334,7 +344,7 @@ def test_fmt_cli_check_mode_atomic_write_and_permissions(run_cli, tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]  # no temp file left behind
     assert run_cli("fmt", "--check", path)[0] == 0
-    assert run_cli("check", "--format", path)[0] == 0
+    assert run_cli("check", "--fmt", path)[0] == 0
     code, out, _ = run_cli("fmt", path)  # idempotent: nothing to write
     assert code == 0 and "formatted" not in out
 
@@ -561,6 +571,7 @@ def test_explain_cache_status_hook(run_cli, in_repo, monkeypatch):
 def test_explain_disabled_pass_and_problems(run_cli, in_repo, tmp_path):
     text = (REPO / "recipes" / "effdet-tensorrt.yaml").read_text().replace("../", str(REPO) + "/")
     text = text.replace("  - pass: fix_resize\n", "  - pass: fix_resize\n    enabled: false\n")
+    text = text.replace("backend: tensorrt ", "backend: tensorrt_rtx ")  # whose missing plugin explain lists
     path = tmp_path / "r.yaml"
     path.write_text(text)
     code, out, _ = run_cli("explain", path)
@@ -614,12 +625,12 @@ def test_docs_content_and_stale_detection(run_cli, monkeypatch):
 
 def test_pre_commit_hooks_and_ci_snippet(tmp_path):
     hooks = {h["id"]: h for h in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
-    assert hooks["trt-pipeline-check"]["entry"] == "trt-pipeline check --format"
+    assert hooks["trt-pipeline-check"]["entry"] == "trt-pipeline check --fmt"
     assert hooks["trt-pipeline-fmt"]["entry"] == "trt-pipeline fmt"
     assert "trt-pipeline = trtpipe.cli:entry" in (REPO / "setup.cfg").read_text()
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Reviewing recipes"):]
-    snippet = next(line for line in section.splitlines() if "xargs -r python pipeline.py check --format" in line)
+    snippet = next(line for line in section.splitlines() if "xargs -r python pipeline.py check --fmt" in line)
 
     # the CI snippet in a repository where one recipe changed (fine) and one was added broken
     git = shutil.which("git")

@@ -12,8 +12,9 @@ re-run redoes exactly what an edit changed.
 * validation: the source and final model sha256s, the post-processing model's, the data spec
   (and the content of data files), tolerances, precision, and the plan's sha256 when validation
   runs after the build (where a GPU can run it);
-* build: the final ONNX sha256, the build settings, the backend and its version, the compute
-  capabilities (tensorrt: the local GPU) and plugin library contents.
+* build: the final ONNX sha256, the build settings (workspace, optimization level, profiles and
+  the deployment options: refit, weight stripping, compatibility, TF32, ...), the backend and its
+  version, the compute capabilities (tensorrt: the local GPU) and plugin library contents.
 
 "Code" is always computed, never listed: `code_digest` (cache/code.py) hashes the import closure
 of each stage's modules (STAGE_CODE), so editing any module a stage imports re-runs it. Recipe
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtpipe.cache.code import code_digest
 from trtpipe.cache.hashing import Hasher, data_files, digest, referenced_files, versions
+from trtpipe.recipe.resolved import DEPLOYMENT_KEYS
 
 if TYPE_CHECKING:
     from trtpipe.backend import Backend
@@ -116,7 +118,8 @@ class Keys:
 
     def build(self, final_sha: str) -> str:
         b = self.recipe.data["build"]
-        settings = {k: b.get(k) for k in ("workspace_bytes", "optimization_level", "profiles")}
+        # the deployment options change the plan too (refit, stripped weights, TF32, ...)
+        settings = {k: b.get(k) for k in ("workspace_bytes", "optimization_level", "profiles", *DEPLOYMENT_KEYS)}
         return digest({"stage": "build", "input": final_sha, "settings": settings, "ccs": self._ccs(),
                        "backend": [self.backend.name, self.backend.version], "device": self.device(),
                        "plugins": self._pass_context()["plugins"], "code": stage_code("build")})

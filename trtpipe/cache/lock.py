@@ -28,31 +28,45 @@ class FileLock:
     """`with FileLock(path, shared=False, on_wait=callback):` blocks until the lock is held.
 
     `on_wait(holder)` is called once if the lock is busy, with whatever the holder wrote into the
-    lock file (its pid), so the user learns why nothing happens."""
+    lock file (its pid), so the user learns why nothing happens.
+
+    `remove=True` (exclusive locks only) deletes the lock file on release, so it leaves no trace in
+    a directory users look at (output.dir). That is safe because a locker checks, once it holds
+    the flock, that the path still names the file it locked, and starts over if not (a waiter
+    may have opened the file its predecessor has just removed)."""
 
     def __init__(self, path: str | Path, shared: bool = False,
-                 on_wait: Callable[[str | None], Any] | None = None) -> None:
+                 on_wait: Callable[[str | None], Any] | None = None, remove: bool = False) -> None:
         self.path = Path(path)
         self.shared = shared
         self.on_wait = on_wait
+        self.remove = remove and not shared
         self._fd = None
 
     def acquire(self, blocking: bool = True) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is None:
-            self._fd = fd
-            return True
-        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not blocking:
+        waited = False
+        while True:
+            # never through a symbolic link: the pid written below would land in whatever it names
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            if fcntl is None:
+                self._fd = fd
+                return True
+            mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not blocking:
+                    os.close(fd)
+                    return False
+                if self.on_wait and not waited:
+                    self.on_wait(_read_holder(fd))
+                waited = True
+                fcntl.flock(fd, mode)
+            if self.remove and not _names(self.path, fd):  # its holder removed it meanwhile: take the new one
                 os.close(fd)
-                return False
-            if self.on_wait:
-                self.on_wait(_read_holder(fd))
-            fcntl.flock(fd, mode)
+                continue
+            break
         if not self.shared:  # who holds it, for the next waiter's message
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -61,6 +75,9 @@ class FileLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            if self.remove and fcntl is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)  # while still held: the next locker sees it is gone
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -71,6 +88,15 @@ class FileLock:
     def __exit__(self, *exc: object) -> bool:
         self.release()
         return False
+
+
+def _names(path, fd):
+    """Whether `path` still names the open file `fd`."""
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _read_holder(fd):

@@ -9,9 +9,12 @@ runs are removed by the next run (their owner lock is gone, see lock.py).
 
 Location: --cache-dir, else $TRTPIPE_CACHE_DIR, else $XDG_CACHE_HOME/trt-pipeline (default
 ~/.cache/trt-pipeline). TensorRT timing caches live in `timing/`, one per backend and device.
+With $TRTPIPE_REMOTE_CACHE set, `open()` adds a shared remote tier (remote.py): a local miss
+is fetched from it, and every committed entry is uploaded to it.
 
 Test-only hook: TRTPIPE_TEST_PAUSE_AT=<stage label> (source, passes, passes[N], precision,
-validate, build, publish) makes a run print `TRTPIPE_TEST_PAUSED <label>` on stderr and sleep
+validate, build, publish, and publish-switch / publish-cleanup inside publishing) makes a run
+print `TRTPIPE_TEST_PAUSED <label>` on stderr and sleep
 when that stage's output is complete but not yet committed, so tests can SIGKILL it at a known
 point. Never set it outside tests.
 """
@@ -33,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 from trtpipe.cache.files import MODEL, atomic_write, fsync_dir, model_files, save_model, sha256_file
 from trtpipe.cache.hashing import Hasher, digest
 from trtpipe.cache.lock import OWNER_FILE, FileLock, is_abandoned, own_directory
+from trtpipe.cache.remote import from_env as remote_tier
 from trtpipe.errors import OutputError
+from trtpipe.fileguard import disk_full_error, is_disk_full
 
 if TYPE_CHECKING:
     import onnx
@@ -163,14 +168,20 @@ class Writer:
         entry = self.cache.get(self.kind, self.key, verify=())
         if entry is None:
             raise OutputError(f"cache entry {self.kind}/{self.key[:16]} vanished right after it was written")
+        if self.cache.remote is not None:  # the shared tier (remote.py): immutable, uploaded once committed
+            self.cache.remote.upload(entry)
         return entry
 
     def __enter__(self) -> Writer:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         if not self.committed:
+            written = _size(self.dir) if self.dir.is_dir() else None
             self.abort()
+            if exc is not None and is_disk_full(exc):  # nothing half-written stays: the entry is gone
+                raise disk_full_error(exc, self.cache.root, what=f"cache entry {self.kind}/{self.key[:16]} in",
+                                      written=written) from exc
         return False
 
     def abort(self) -> None:
@@ -184,6 +195,7 @@ class Cache:
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self.hasher = Hasher(self.root)
         self.replace_existing = False
+        self.remote: Any = None  # remote.RemoteTier once open() finds $TRTPIPE_REMOTE_CACHE
 
     # layout ---------------------------------------------------------------------------------
     @property
@@ -202,6 +214,7 @@ class Cache:
             raise OutputError(f"cache directory {self.root} is not writable: {err.strerror or err}",
                               hint=f"point --cache-dir or ${ENV} at a writable directory") from err
         self.clean_abandoned()
+        self.remote = remote_tier(self.warn, FORMAT)
         return self
 
     def clean_abandoned(self) -> int:
@@ -222,13 +235,15 @@ class Cache:
         return FileLock(self.root / "locks" / "cache.lock", shared=shared)
 
     # entries --------------------------------------------------------------------------------
-    def get(self, kind: str, key: str, verify: list[str] | tuple[str, ...] | None = None) -> Entry | None:
-        """The entry for `key`, or None. `verify`: files to check now (None: all; () none yet)."""
+    def get(self, kind: str, key: str, verify: list[str] | tuple[str, ...] | None = None,
+            touch: bool = True) -> Entry | None:
+        """The entry for `key`, or None. `verify`: files to check now (None: all; () none yet).
+        `touch`: record this read as a use (what `prune --older-than` goes by); False to inspect."""
         d = self.entry_dir(kind, key)
         try:
             manifest = json.loads((d / MANIFEST).read_text())
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError:  # a local miss: the remote tier's copy, if it has one
+            return self.remote.fetch(self, kind, key) if self.remote is not None else None
         except (OSError, ValueError) as err:
             self.discard_dir(d, f"cache entry {kind}/{key[:16]}: unreadable manifest ({err})")
             return None
@@ -241,8 +256,9 @@ class Cache:
             entry.verify(verify)
         except CorruptEntry:
             return None
-        with contextlib.suppress(OSError):  # the manifest's mtime is the entry's last use (prune)
-            os.utime(d / MANIFEST)
+        if touch:
+            with contextlib.suppress(OSError):  # the manifest's mtime is the entry's last use (prune)
+                os.utime(d / MANIFEST)
         return entry
 
     def pass_artifact_names(self, key: str) -> list[str]:
@@ -298,12 +314,13 @@ class Cache:
                 "newest_use": newest, "timing_caches": timing, "temporary": tmp}
 
     def verify_all(self) -> list[str]:
-        """Check every entry in full; returns the problems found (those entries are discarded)."""
+        """Check every entry in full; returns the problems found (those entries are discarded).
+        Checking is no use: entries keep their last-use times (`prune --older-than` is unaffected)."""
         problems, warn = [], self.warn
         self.warn = problems.append
         try:
             for kind, d in list(self.entries()):
-                self.get(kind, d.name, verify=None)
+                self.get(kind, d.name, verify=None, touch=False)
         finally:
             self.warn = warn
         return problems

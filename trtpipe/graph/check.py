@@ -88,7 +88,9 @@ def _check_ops(model, where, what, hint, unconverted):
 def check_model(model: onnx.ModelProto, path: str | Path | None, where: str, what: str, hint: str | None,
                 unconverted: dict[str, list], log: Callable[[str], Any] | None = None) -> None:
     """Unknown ops first, then onnx.checker (from `path` when given: it copes with external data
-    and > 2 GB). SourceError naming `where` (recipe location) and `what` (the model) otherwise.
+    and > 2 GB), then strict shape inference on the graph's skeleton (what every pass output is
+    checked with, so a broken source is not blamed on the first pass). SourceError naming `where`
+    (recipe location), `what` (the model) and the check otherwise.
     `unconverted`: {op: [count, example node]} tf2onnx reported as left unconverted."""
     _check_ops(model, where, what, hint, unconverted)
     try:
@@ -100,7 +102,21 @@ def check_model(model: onnx.ModelProto, path: str | Path | None, where: str, wha
             elif log:
                 log("source: onnx.checker skipped: model over 2 GB that needs a relaxed check")
     except (onnx.checker.ValidationError, ValueError) as err:
-        raise SourceError(f"{where}: onnx.checker rejected the model: {str(err).strip()}") from err
+        raise SourceError(f"{where}: onnx.checker rejected {what}: {str(err).strip()}") from err
+    # The check every pass output gets (check_rewritten): a source that fails it is the source's
+    # problem, not the first pass's.
+    from trtpipe.graph.types import skeleton
+    light = skeleton(model)  # a copy: plugin domains get the opset import inference needs
+    for domain in {n.domain for n in _nodes(light)} - {i.domain for i in light.opset_import} - set(_STD):
+        light.opset_import.add(domain=domain, version=1)
+    try:
+        onnx.shape_inference.infer_shapes(light, strict_mode=True)
+    except onnx.shape_inference.InferenceError as err:
+        text = str(err).strip()
+        raise SourceError(f"{where}: ONNX shape inference (strict, onnx {onnx.__version__}) rejects {what}: "
+                          f"{text.splitlines()[0] if text else type(err).__name__}",
+                          hint="every pass output gets this check too; fix the model's shapes or types "
+                               "where the message points, and re-export it") from err
 
 
 @contextlib.contextmanager

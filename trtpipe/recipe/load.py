@@ -11,13 +11,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import math
+import os
+import stat
 from pathlib import Path
 
 from trtpipe import registry
 from trtpipe.errors import RecipeError
-from trtpipe.recipe.resolved import BuildSettings, Precision, Tolerances, parse_size, resolve_values  # noqa: F401
+from trtpipe.recipe.resolved import (  # noqa: F401
+    BuildSettings,
+    Precision,
+    Tolerances,
+    non_finite,
+    parse_size,
+    resolve_values,
+)
 from trtpipe.recipe.schema import fill_defaults, key_path, load_schema, schema_errors, suggest
-from trtpipe.recipe.yamlmarks import Marks, load_yaml_with_marks
+from trtpipe.recipe.yamlmarks import MAX_RECIPE_BYTES, Marks, load_yaml_with_marks, too_big
+
+MAX_ERRORS = 50  # recipe errors shown; the rest are counted
 
 
 @dataclasses.dataclass
@@ -75,39 +87,115 @@ def load_recipe(path: str | Path) -> Recipe:
         key path as `file:line:col`; `defaults` holds the key paths that came from defaults.
 
     Raises:
-        RecipeError: the file is missing or unreadable; a YAML syntax error or duplicate key; every
-            schema violation, unknown pass name, invalid pass parameter and inconsistent build
+        RecipeError: the file is missing, unreadable, not a regular file or over 1 MiB
+            (`read_recipe_text`); YAML it may not use, over the nesting or alias limits, a syntax
+            error or a duplicate key (`load_yaml_with_marks`); every schema violation, NaN or
+            infinite number, unknown pass name, invalid pass parameter and inconsistent build
             profile (min <= opt <= max per dimension, equal ranks, unique names), all reported
-            together with file:line:col; precision options of another mode; a workspace that is not
-            > 0 bytes; output file names that collide.
+            together with file:line:col (the first MAX_ERRORS by line, then a count); precision
+            options of another mode; a workspace that is not > 0 bytes; output file names that collide.
         PassError: a third-party pass entry point failed to load (the registry is loaded to check
             pass names).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        near = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
-        raise RecipeError(f"{path}: recipe file not found{suggest(path.name, near)}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read recipe: {err}") from err
+    text = read_recipe_text(path)
     raw, marks = load_yaml_with_marks(text, str(path))
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}:1:1: a recipe must be a YAML mapping with at least `name:` and `source:`, "
-                          f"got {type(raw).__name__}")
+    check_mapping(raw, str(path))
     errors = list(schema_errors(raw, load_schema("recipe.schema.json")))
     errors += _check_passes(raw) + _check_build(raw)
+    # NaN passes every JSON Schema bound: refused here, where no other error names the value
+    known = {p for p, _ in errors}
+    bad_numbers = [(p, msg) for p, msg in non_finite(raw) if p not in known]
+    errors += bad_numbers
     if errors:
-        errors.sort(key=lambda e: marks.line(e[0]) or marks.line(e[0][:-1]) or 0)
-        lines = [f"{marks.locate(p)}: {key_path(p)}: {msg}" for p, msg in errors]
-        noun = "error" if len(lines) == 1 else "errors"
-        raise RecipeError(f"{path}: {len(lines)} recipe {noun}:\n  " + "\n  ".join(lines))
+        raise RecipeError(_error_list(path, errors, marks),
+                          hint="write finite numbers (e.g. `atol: 1e-3`); YAML's .nan and .inf are not allowed "
+                               "in a recipe" if bad_numbers else None)
     data = fill_defaults(raw, load_schema("recipe.schema.json"))
     data["passes"] = [_fill_pass_defaults(item) for item in data["passes"]]
     defaults = _default_paths(raw, data)
     _resolve(data, path.parent.resolve(), marks.locate)
     resolve_values(data, marks.locate)
     return Recipe(path.resolve(), text, raw, data, marks, defaults)
+
+
+def check_mapping(raw: object, filename: str) -> None:
+    """Refuse a recipe document that is not a YAML mapping (an empty file, a list, a scalar).
+
+    Raises:
+        RecipeError: `raw` (what the YAML loaded to) is not a dict.
+    """
+    if raw is None:
+        raise RecipeError(f"{filename}:1:1: recipe is empty: a recipe is a YAML mapping with at least "
+                          f"`name:` and `source:`")
+    if not isinstance(raw, dict):
+        kind = "a list" if isinstance(raw, list) else f"a single value ({type(raw).__name__})"
+        raise RecipeError(f"{filename}:1:1: a recipe must be a YAML mapping with at least `name:` and `source:`, "
+                          f"got {kind}")
+
+
+def read_recipe_text(path: str | Path) -> str:
+    """The text of recipe file `path`, checked before it is opened: only a regular file of at most
+    MAX_RECIPE_BYTES (1 MiB) is read, so a FIFO, a device such as /dev/zero or a huge file can
+    neither hang nor exhaust memory.
+
+    Args:
+        path: the recipe file (UTF-8).
+
+    Returns:
+        The file's text.
+
+    Raises:
+        RecipeError: missing (with a did-you-mean among the folder's YAML files), a directory, not a
+            regular file, over MAX_RECIPE_BYTES, unreadable, or not UTF-8 (with the line and column
+            of the first bad byte).
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise RecipeError(f"{path}: {_not_regular(info.st_mode)}; a recipe must be a regular file",
+                              hint="`python pipeline.py check` also takes a folder of recipes"
+                              if stat.S_ISDIR(info.st_mode) else None)
+        if info.st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(too_big(str(path), info.st_size))
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            now = os.fstat(f.fileno())
+            if not stat.S_ISREG(now.st_mode):
+                raise RecipeError(f"{path}: {_not_regular(now.st_mode)}; a recipe must be a regular file")
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except FileNotFoundError:
+        near = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
+        raise RecipeError(f"{path}: recipe file not found{suggest(path.name, near)}") from None
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot read recipe: {err.strerror or err}") from None
+    if len(data) > MAX_RECIPE_BYTES:  # it grew after the stat
+        raise RecipeError(too_big(str(path), len(data)))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise RecipeError(f"{path}:{line}:{col}: not UTF-8 text: byte 0x{data[err.start]:02x} ({err.reason})",
+                          hint="save the recipe as UTF-8") from None
+
+
+def _not_regular(mode):
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return "is " + next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _error_list(path, errors, marks):
+    """One message for every recipe error, sorted by line: the first MAX_ERRORS, then a count."""
+    errors.sort(key=lambda e: marks.line(e[0]) or marks.line(e[0][:-1]) or 0)
+    lines = [f"{marks.locate(p)}: {key_path(p)}: {msg}" for p, msg in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        lines.append(f"... and {len(errors) - MAX_ERRORS} more")
+    noun = "error" if len(errors) == 1 else "errors"
+    return f"{path}: {len(errors)} recipe {noun}:\n  " + "\n  ".join(lines)
 
 
 def _check_passes(raw):
@@ -134,6 +222,12 @@ def _check_build(raw):
     if not isinstance(build, dict):
         return []
     errors = []
+    workspace = build.get("workspace")
+    if isinstance(workspace, float) and math.isfinite(workspace) and workspace.is_integer():
+        # JSON Schema counts 1e99 and 2.0 as integers; a size is written as text or whole bytes
+        errors.append((("build", "workspace"),
+                       f"expected a size such as 2GiB, 512MiB, 1.5GB or a whole number of bytes (e.g. 2147483648), "
+                       f"got the YAML float {workspace!r}"))
     seen = {}
     profiles = build.get("profiles")
     for i, prof in enumerate(profiles if isinstance(profiles, list) else []):
@@ -196,11 +290,17 @@ def _resolve(data, base, locate):
         if key in src:
             src[key] = resolve_path(src[key], base)
     build = data["build"]
-    if build.get("timing_cache"):
-        build["timing_cache"] = str((base / build["timing_cache"]).resolve())
+    for key in ("timing_cache", "runtime_cache"):
+        if build.get(key):
+            build[key] = str((base / build[key]).resolve())
     build["plugins"] = [str((base / p).resolve()) for p in build["plugins"]]
     out = data["output"]
     name = data["name"]
+    if out.get("labels"):  # class names for `predict`, published next to the plan
+        out["labels"] = str((base / out["labels"]).resolve())
+        if not Path(out["labels"]).is_file():
+            raise RecipeError(f"{locate(('output', 'labels'))}: output.labels: {out['labels']} is not a file",
+                              hint="a text file with one class name per line, or a JSON list of names")
     out["dir"] = str((base / out["dir"].replace("<name>", name)).resolve())
     out["plan"] = out["plan"].replace("<name>", name)
     out["onnx"] = out["onnx"].replace("<name>", name)

@@ -32,8 +32,13 @@ DEFAULT_IOU = {"fp32": 0.9, "fp16": 0.9, "bf16": 0.9, "int8": 0.75, "fp8": 0.75}
 # Decimal and binary (IEC 80000-13) byte units accepted for sizes (schema: build.workspace).
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-# IBuilderConfig.set_memory_pool_limit takes a size_t: 64 bits on every platform TensorRT supports.
-MAX_WORKSPACE = 2**64 - 1
+# The deployment options under `build` (schema: build; applied by stages/build/options.py).
+DEPLOYMENT_KEYS = ("max_aux_streams", "version_compatible", "exclude_lean_runtime", "hardware_compatibility_level",
+                   "refittable", "strip_weights", "weight_streaming", "sparsity", "tf32")
+# IBuilderConfig.set_memory_pool_limit takes a size_t, but the builder overflows inside on the way:
+# TensorRT-RTX 1.7.1 fails an internal assertion (blockChooser.cpp, exit 7) with 2**63 - 1 and
+# 9999999TiB and builds with 2**62 (measured). 4 EiB is still a million times any device's memory.
+MAX_WORKSPACE = 2**62
 Locate = Callable[[tuple], str]
 
 
@@ -54,8 +59,8 @@ def resolve_values(data: dict, locate: Locate) -> None:
     """Normalize a schema-valid, default-filled recipe `data` in place (see the module docstring).
 
     Raises:
-        RecipeError: precision options of another mode, a size that is not > 0 bytes (or beyond
-            64 bits), or a NaN or infinite number under `validate` or `precision` (tolerances,
+        RecipeError: precision options of another mode, a size that is not > 0 bytes (or over
+            MAX_WORKSPACE, 4 EiB), or a NaN or infinite number under `validate` or `precision` (tolerances,
             thresholds and ranges are finite; JSON Schema cannot refuse NaN, which compares false
             with every bound).
     """
@@ -74,7 +79,12 @@ def resolve_values(data: dict, locate: Locate) -> None:
     if build["workspace_bytes"] > MAX_WORKSPACE:
         raise RecipeError(f"{locate(('build', 'workspace'))}: build.workspace: {build['workspace']!r} is "
                           f"{build['workspace_bytes']} bytes, more than the builder can be given "
-                          f"({MAX_WORKSPACE} bytes, 16 EiB - 1: a 64-bit size)", hint="e.g. `workspace: 4GiB`")
+                          f"({MAX_WORKSPACE} bytes, 4 EiB; larger limits overflow inside the builder)",
+                          hint="e.g. `workspace: 4GiB`")
+    if build.get("exclude_lean_runtime") and not build.get("version_compatible"):
+        raise RecipeError(f"{locate(('build', 'exclude_lean_runtime'))}: build.exclude_lean_runtime: applies to "
+                          "version-compatible plans only (it leaves the lean runtime out of one)",
+                          hint="also set `version_compatible: true`, or remove exclude_lean_runtime")
 
 
 # What a finite number under `validate` must also be, by key (the schema's bounds, said in the error).
@@ -92,25 +102,24 @@ def check_finite(value: object, path: tuple, locate: Locate) -> None:
     Raises:
         RecipeError: a number in `value` is NaN or infinite.
     """
-    bad = []
-
-    def walk(v, p):
-        if isinstance(v, dict):
-            for k, item in v.items():
-                walk(item, p + (k,))
-        elif isinstance(v, list):
-            for i, item in enumerate(v):
-                walk(item, p + (i,))
-        elif isinstance(v, float) and not math.isfinite(v):
-            key = next((k for k in reversed(p) if isinstance(k, str)), "")
-            what = _FINITE_WHAT.get(key, "it must be a finite number")
-            bad.append(f"{locate(p)}: {key_path(p)}: {v} is not a finite number; {what}")
-
-    walk(value, tuple(path))
+    bad = [f"{locate(p)}: {key_path(p)}: {msg}" for p, msg in non_finite(value, tuple(path))]
     if bad:
         file = locate(tuple(path)).rsplit(":", 2)[0]
         raise RecipeError(bad[0] if len(bad) == 1 else f"{file}: {len(bad)} recipe errors:\n  " + "\n  ".join(bad),
                           hint="write finite numbers (e.g. `atol: 1e-3`); YAML's .nan and .inf are not allowed here")
+
+
+def non_finite(value: object, path: tuple = ()) -> list[tuple[tuple, str]]:
+    """(key path, message) for every NaN or +-inf number in `value` (found at key path `path`),
+    the message saying what the key takes (e.g. "a tolerance is a finite number >= 0")."""
+    if isinstance(value, dict):
+        return [e for k, item in value.items() for e in non_finite(item, path + (k,))]
+    if isinstance(value, list):
+        return [e for i, item in enumerate(value) for e in non_finite(item, path + (i,))]
+    if isinstance(value, float) and not math.isfinite(value):
+        key = next((k for k in reversed(path) if isinstance(k, str)), "")
+        return [(path, f"{value} is not a finite number; {_FINITE_WHAT.get(key, 'it must be a finite number')}")]
+    return []
 
 
 def _check_ranges(data: dict, locate: Locate) -> None:
@@ -195,7 +204,10 @@ class Tolerances:
 @dataclasses.dataclass(frozen=True)
 class BuildSettings:
     """The resolved `build`: backend name (or auto), workspace in bytes (> 0), builder optimization
-    level, profiles, compute capabilities ("8.9", ...), absolute plugin and timing-cache paths."""
+    level, profiles, compute capabilities ("8.9", ...), absolute plugin and timing-cache paths, and
+    the deployment options (stages/build/options.py: max_aux_streams, version_compatible,
+    exclude_lean_runtime, hardware_compatibility_level, refittable, strip_weights,
+    weight_streaming, sparsity, tf32; every one, defaults included)."""
 
     backend: str
     workspace_bytes: int
@@ -204,10 +216,12 @@ class BuildSettings:
     compute_capabilities: list
     plugins: list
     timing_cache: str | None
+    deployment: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, data: dict) -> BuildSettings:
         """From a resolved recipe's data."""
         b = data["build"]
         return cls(b["backend"], b["workspace_bytes"], b["optimization_level"], b["profiles"],
-                   b["compute_capabilities"], b["plugins"], b.get("timing_cache"))
+                   b["compute_capabilities"], b["plugins"], b.get("timing_cache"),
+                   {k: b[k] for k in DEPLOYMENT_KEYS if k in b})

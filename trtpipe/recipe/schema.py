@@ -104,6 +104,8 @@ def schema_errors(instance: Any, schema: dict, prefix: tuple = ()) -> Iterator[t
 
 def _explain(err, path):
     kind, sch, value = err.validator, err.schema, err.instance
+    if "propertyNames" in err.relative_schema_path and isinstance(value, str):
+        path = path + (value,)  # a key not allowed here: point at the key itself, not at its mapping
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = list(sch.get("properties", {}))
         patterns = list(sch.get("patternProperties", {}))

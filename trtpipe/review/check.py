@@ -7,15 +7,18 @@ What it covers, in the order a run would hit it:
 * files the recipe names: the source model (ONNX file / SavedModel directory), plugin libraries,
   validation and calibration data (.npz files, image folders);
 * precision settings a schema cannot judge (keys of another mode, targets that lack BF16/FP8);
+* the model: every input, output, tensor and node name in passes, profiles and validation
+  settings exists in the source model (read without weights or TensorFlow, model_check.py);
 * backend compatibility: every enabled pass's precheck against the backend a run would use here
   (e.g. `nms: efficient_nms` needs the EfficientNMS_TRT plugin, which TensorRT-RTX lacks);
-* with `check --format`, that the file is canonically formatted (`python pipeline.py fmt`).
+* deprecated plugins (warnings): EfficientNMS_TRT and BatchedNMS_TRT, with the alternative;
+* with `check --fmt`, that the file is canonically formatted (`python pipeline.py fmt`).
 
-Backend problems that depend on the machine (`backend: auto`, or a backend not installed here)
-can be downgraded to warnings (`check --warn-backend`) on CI machines without the target backend.
-Where no backend is installed at all (the core install, `pip install trt-pipeline`, as the
-pre-commit hooks use it), the checks that need one are skipped and the result says so
-(`CheckResult.skipped`); everything else is checked as usual.
+Backend checks need the backend: where the recipe's backend is not installed (or, for `backend:
+auto`, none is), they are skipped and the result says so (`CheckResult.skipped`, a warning);
+`check --strict-backend` makes that an error. Everything else is checked as usual. Backend
+problems of `backend: auto`, which depend on what this machine has, can be downgraded to
+warnings with `check --warn-backend`.
 
 Messages are the ones a run prints (`file:line:col: key.path: message`): the recipe errors come
 from the same loader, the pass prechecks are the same functions a run calls first, and the
@@ -25,15 +28,13 @@ builds, so a folder of recipes takes about a second.
 
 from __future__ import annotations
 
-import errno
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtpipe import registry
 from trtpipe.errors import PipelineError
-from trtpipe.recipe.load import load_recipe, resolve_path
+from trtpipe.recipe.load import load_recipe
 from trtpipe.recipe.precision import check_targets
 
 if TYPE_CHECKING:
@@ -42,17 +43,26 @@ if TYPE_CHECKING:
 
 
 def precheck_passes(recipe: Recipe, ctx: registry.PassContext) -> list[PipelineError]:
-    """Run each enabled pass's precheck; returns the errors, each message prefixed with its location."""
+    """Run each enabled pass's precheck; returns the errors, each message prefixed with its location
+    (the parameter's line when the error carries a `key_path` relative to the pass item, else the
+    `pass:` line). Warnings a precheck gives (ctx.warn) are prefixed with the pass's location in
+    ctx.warnings and when shown through ctx.warner."""
     problems = []
     for index, item in recipe.enabled_passes():
         info = registry.get(item["pass"])
         if info and info.precheck:
+            prefix = f"{recipe.locate(('passes', index, 'pass'))}: passes[{index}] {item['pass']}: "
+            warned, warner = len(ctx.warnings), ctx.warner  # ctx.warn() from a precheck: located too
+            ctx.warner = (lambda msg, show=warner, at=prefix: show(at + msg)) if warner else None
             try:
                 info.precheck(item["params"], ctx)
-            except PipelineError as err:
-                where = recipe.locate(("passes", index, "pass"))
+            except PipelineError as err:  # located at the parameter the error names, if it names one
+                where = recipe.locate(("passes", index, *(getattr(err, "key_path", None) or ("pass",))))
                 err.message = f"{where}: passes[{index}] {item['pass']}: {err.message}"
                 problems.append(err)
+            finally:
+                ctx.warner = warner
+                ctx.warnings[warned:] = [prefix + w for w in ctx.warnings[warned:]]
     return problems
 
 
@@ -65,16 +75,19 @@ def raise_first(problems: list[PipelineError]) -> None:
 
 @dataclass
 class CheckResult:
+    """What `check` found in one recipe. Every message is `file:line:col: key.path: ...`."""
     path: str
-    problems: list = field(default_factory=list)   # messages, each `file:line:col: key.path: ...`
+    problems: list = field(default_factory=list)   # errors (exit 3)
     notes: list = field(default_factory=list)      # context for the problems (e.g. what `auto` chose)
-    warnings: list = field(default_factory=list)   # backend problems of this machine (--warn-backend)
+    warnings: list = field(default_factory=list)   # e.g. a deprecated plugin; never fail the check
+    backend_warnings: list = field(default_factory=list)  # backend problems of this machine (--warn-backend)
     backend: str = None                            # e.g. "tensorrt_rtx 1.7.1"
     skipped: list = field(default_factory=list)    # checks not made here, e.g. "backend checks"
-    skipped_reason: str = None                     # why (no backend installed, and how to install one)
+    skipped_reason: str = None                     # why (the backend is not installed, and how to install it)
 
     @property
     def ok(self) -> bool:
+        """No problems (warnings and skipped checks do not count)."""
         return not self.problems
 
     @property
@@ -90,62 +103,14 @@ def _where(recipe, path, keys=None):
     return f"{recipe.locate(path)}: {keys or key_path(path)}"
 
 
-def check_sources(recipe: Recipe) -> list[str]:
-    """The source model exists (same messages as the source stage, which would fail on it)."""
-    from trtpipe.stages.source.load import missing_path_error
-    src, problems = recipe.data["source"], []
-    if "onnx" in src:
-        path, where = src["onnx"], _where(recipe, ("source", "onnx"))
-        if not os.path.exists(path):
-            problems.append(str(missing_path_error(path, where)))
-        elif os.path.isdir(path):
-            saved = os.path.exists(os.path.join(path, "saved_model.pb"))
-            problems.append(f"{where}: {path} is a directory, not an .onnx file"
-                            + ("\n  hint: it holds a SavedModel: use `saved_model:` instead" if saved else ""))
-    if "saved_model" in src:
-        path, where = src["saved_model"], _where(recipe, ("source", "saved_model"))
-        if not os.path.exists(path):
-            problems.append(str(missing_path_error(path, where)))
-        elif not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            problems.append(f"{where}: {path} is not a SavedModel directory (no saved_model.pb)"
-                            + ("\n  hint: for an .onnx file use `onnx:`" if os.path.isfile(path) else ""))
-    return problems
-
-
-def check_plugins(recipe: Recipe) -> list[str]:
-    problems = []
-    for i, plugin in enumerate(recipe.data["build"]["plugins"]):
-        path = ("build", "plugins", i)
-        if not os.path.exists(plugin):
-            problems.append(f"{_where(recipe, path)}: plugin library {plugin} does not exist")
-        elif not os.path.isfile(plugin):
-            problems.append(f"{_where(recipe, path)}: plugin library {plugin} is not a file")
-    return problems
-
-
-def check_data_files(recipe: Recipe) -> list[str]:
-    """validate.data and precision.calibration name .npz files / image folders relative to the recipe."""
-    problems = []
-    places = [("validate", "data")]
-    if isinstance(recipe.data.get("precision"), dict):
-        places.append(("precision", "calibration"))
-    for place in places:
-        cfg = recipe.data
-        for key in place:
-            cfg = cfg.get(key) if isinstance(cfg, dict) else None
-        if not isinstance(cfg, dict):
-            continue
-        if isinstance(cfg.get("npz"), str):
-            path = resolve_path(cfg["npz"], recipe.dir)
-            if not os.path.isfile(path):  # worded as the validation stage words it when np.load fails
-                reason = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-                problems.append(f"{_where(recipe, place + ('npz',))}: cannot read {path}: {reason}")
-        images = cfg.get("images")
-        if isinstance(images, dict) and isinstance(images.get("dir"), str):
-            path = resolve_path(images["dir"], recipe.dir)
-            if not os.path.isdir(path):
-                problems.append(f"{_where(recipe, place + ('images', 'dir'))}: no such image folder {path}")
-    return problems
+def check_files(recipe: Recipe) -> list[str]:
+    """The files the recipe names, as a run checks them before its first stage (stages/run_files.py,
+    same messages): the source model, plugin libraries, validation/calibration data and files named
+    by pass parameters exist and are regular files (or the directory a SavedModel / image folder
+    is; a FIFO or a device is named as such), and no output would overwrite one of them."""
+    from trtpipe.stages.run_files import input_problems, output_problems
+    problems = [str(err) for err in input_problems(recipe)]
+    return problems + [str(err) for err in output_problems(recipe, recipe.data["output"]["dir"])]
 
 
 def check_precision(recipe: Recipe, backend: Backend | str | None = None) -> list[str]:
@@ -181,7 +146,7 @@ def check_backend(recipe: Recipe, backend: Backend | None = None) -> tuple[list[
     ctx = registry.PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
                                recipe_dir=recipe.dir, plugin_libraries=recipe.data["build"]["plugins"])
     problems = [str(err) for err in precheck_passes(recipe, ctx)]
-    notes = []
+    notes = list(ctx.warnings)  # e.g. plugin fields left unset (their defaults apply)
     if problems and recipe.data["build"]["backend"] == "auto":
         notes.append(f"{_where(recipe, ('build', 'backend'))}: `auto` resolves to {backend.label} on this "
                      f"machine; the checks above are against that backend")
@@ -200,15 +165,77 @@ _TARGET_MODES = ("bf16", "fp8")
 
 
 def skipped_checks(recipe: Recipe, reason: str | None) -> list[str]:
-    """The checks that need a backend, when none is installed (`reason`, else nothing is skipped):
-    every pass's backend precheck, and for `backend: auto` the precision target check (whether
-    build.compute_capabilities apply depends on the backend `auto` picks)."""
+    """The checks that need a backend, when it is not installed (`reason`, else nothing is
+    skipped): every pass's backend precheck, and for `backend: auto` the precision target check
+    (whether build.compute_capabilities apply depends on the backend `auto` picks)."""
     if not reason:
         return []
     skipped = ["backend checks"]
     if recipe.data["build"]["backend"] == "auto" and recipe.precision.mode in _TARGET_MODES:
         skipped.append("precision targets")
     return skipped
+
+
+def missing_backend(name: str) -> str | None:
+    """Why the backend `name` (a recipe's build.backend) cannot be checked against here (it is not
+    installed; for `auto`, none is), with how to install it; None when it is installed.
+    Nothing is imported (trtpipe.backend.installed_backends)."""
+    from trtpipe.backend import INSTALL_ALL, installed_backends, no_backend_reason
+    if name == "auto":
+        return no_backend_reason()
+    if name in installed_backends():
+        return None
+    how = "pip install 'trt-pipeline[tensorrt]'" if name == "tensorrt" else INSTALL_ALL
+    return f"{name} is not installed here: {how}"
+
+
+# plugins NVIDIA has deprecated, and what to use instead
+DEPRECATED_PLUGINS = {
+    "EfficientNMS_TRT": "EfficientNMS_TRT is deprecated in TensorRT, with no replacement plugin planned; "
+                        "`nms: {mode: native}` keeps ONNX NonMaxSuppression, which TensorRT imports as its "
+                        "built-in INMSLayer (TensorRT 10+; not TensorRT-RTX, which has no NMS: use `mode: split`)",
+    "BatchedNMS_TRT": "BatchedNMS_TRT is deprecated since TensorRT 8.5 and removed in TensorRT 11; `nms: {mode: "
+                      "native}` keeps ONNX NonMaxSuppression (TensorRT's INMSLayer), `mode: split` runs the NMS "
+                      "after the engine",
+}
+DEPRECATED_PLUGINS["BatchedNMSDynamic_TRT"] = DEPRECATED_PLUGINS["BatchedNMS_TRT"].replace(
+    "BatchedNMS_TRT", "BatchedNMSDynamic_TRT", 1)
+
+
+def deprecated_plugins(recipe: Recipe) -> list[str]:
+    """Warnings, located at the parameter, for enabled passes that put a deprecated TensorRT
+    plugin into the graph (`nms` modes efficient_nms and batched_nms, a `plugin` pass's `op`)."""
+    out = []
+    for index, item in recipe.enabled_passes():
+        params = item.get("params") or {}
+        plugin, key = None, None
+        if item["pass"] == "nms" and params.get("mode") == "efficient_nms":
+            plugin, key = "EfficientNMS_TRT", "mode"
+        elif item["pass"] == "nms" and params.get("mode") == "batched_nms":
+            chosen = params.get("plugin")
+            plugin, key = (chosen if chosen in DEPRECATED_PLUGINS else "BatchedNMS_TRT"), "mode"
+        elif item["pass"] == "plugin" and params.get("op") in DEPRECATED_PLUGINS:
+            plugin, key = params["op"], "op"
+        if plugin:
+            path = ("passes", index, "params", key)
+            out.append(f"{recipe.locate(path)}: passes[{index}] {item['pass']}: {key}: {DEPRECATED_PLUGINS[plugin]}")
+    return out
+
+
+def cache_settings(recipe: Recipe, backend: Backend | None) -> list[str]:
+    """Warnings for build caches the backend does not use: a timing cache with TensorRT-RTX
+    (NVIDIA: its timing-cache calls do not affect the plan and force a GPU query during
+    ahead-of-time builds; the run ignores it) and a runtime cache with TensorRT."""
+    build, out = recipe.data["build"], []
+    name = backend.name if backend is not None else build["backend"]
+    if build.get("timing_cache") and name == "tensorrt_rtx":
+        out.append(f"{_where(recipe, ('build', 'timing_cache'))}: not used with TensorRT-RTX (its timing cache does "
+                   "not affect the plan and forces a GPU query during ahead-of-time builds); remove it, or use "
+                   "build.runtime_cache for the kernels TensorRT-RTX compiles where a GPU runs the plan")
+    if build.get("runtime_cache") and name == "tensorrt":
+        out.append(f"{_where(recipe, ('build', 'runtime_cache'))}: TensorRT has no runtime cache (a TensorRT-RTX "
+                   "setting); it is ignored here")
+    return out
 
 
 @dataclass
@@ -222,14 +249,18 @@ class _Found:
     skipped_reason: str
 
 
-def _collect(recipe):
-    from trtpipe.backend import no_backend_reason
-    problems = check_sources(recipe) + check_plugins(recipe) + check_data_files(recipe)
-    reason = no_backend_reason()
+def _collect(recipe, strict_backend=False):
+    from trtpipe.review.model_check import check_model_names
+    problems = check_files(recipe) + check_model_names(recipe)[0]
+    name = recipe.data["build"]["backend"]
+    reason = missing_backend(name)
+    if reason and strict_backend:
+        problems.append(f"{_where(recipe, ('build', 'backend'))}: backend checks need {name} "
+                        f"(--strict-backend): {reason}")
     skipped = skipped_checks(recipe, reason)
     if skipped:  # nothing to check against: skip what needs a backend, check the rest
         if "precision targets" not in skipped:
-            problems += check_precision(recipe, recipe.data["build"]["backend"])
+            problems += check_precision(recipe, name)
         return _Found(problems, [], [], None, True, skipped, reason)
     backend, problem = resolve(recipe)
     problems += check_precision(recipe, backend)
@@ -238,25 +269,34 @@ def _collect(recipe):
         backend_problems.append(problem)
     else:
         backend_problems, notes = check_backend(recipe, backend)
-    # whether the backend problems depend on this machine: `auto` picks what is installed, and a
-    # named backend that is not installed here may well be where the recipe is built
-    machine = recipe.data["build"]["backend"] == "auto" or backend is None
+    # whether the backend problems depend on this machine: `auto` picks what is installed
+    machine = name == "auto" or backend is None
     return _Found(problems, backend_problems, notes, backend, machine, [], None)
 
 
-def check_recipe(path: str | Path, check_format: bool = False, warn_backend: bool = False) -> CheckResult:
+def check_recipe(path: str | Path, check_format: bool = False, warn_backend: bool = False,
+                 strict_backend: bool = False) -> CheckResult:
     """CheckResult for one recipe. A recipe that does not load (YAML, schema, passes, profiles)
     raises RecipeError with every such problem in it, exactly as a run would.
 
-    warn_backend: backend problems that depend on this machine (`backend: auto`, or a backend not
-    installed here) become warnings instead of problems, for CI machines without the target backend."""
+    Args:
+        path: the recipe file.
+        check_format: also require canonical formatting (`python pipeline.py fmt`).
+        warn_backend: backend problems that depend on this machine (`backend: auto`) become
+            warnings instead of problems, for CI machines without the target backend.
+        strict_backend: a backend that is not installed here is a problem, not skipped checks.
+
+    Raises:
+        RecipeError: the recipe is not a regular file, or does not load.
+    """
     recipe = load_recipe(path)
-    found = _collect(recipe)
+    found = _collect(recipe, strict_backend)
     result = CheckResult(str(path), problems=found.problems, notes=found.notes,
+                         warnings=deprecated_plugins(recipe) + cache_settings(recipe, found.backend),
                          backend=found.backend.label if found.backend else None,
                          skipped=found.skipped, skipped_reason=found.skipped_reason)
     if warn_backend and found.machine:
-        result.warnings = found.backend_problems
+        result.backend_warnings = found.backend_problems
     else:
         result.problems += found.backend_problems
     if check_format:
@@ -265,6 +305,8 @@ def check_recipe(path: str | Path, check_format: bool = False, warn_backend: boo
 
 
 def check_formatting(path: str | Path, text: str) -> list[str]:
+    """[] when `text` is as `python pipeline.py fmt` writes it, else one message naming the first
+    line that differs and what fmt writes there."""
     from trtpipe.review.fmt import first_difference, format_text
     formatted = format_text(text, str(path))
     if formatted == text:

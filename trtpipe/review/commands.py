@@ -37,19 +37,40 @@ CHECK_EPILOG = textwrap.dedent("""\
       - build.profiles: min <= opt <= max, equal ranks, unique names
       - files: source model (ONNX file / SavedModel directory), build.plugins libraries,
         validate.data / precision.calibration .npz files and image folders
+      - the model (read without its weights; a SavedModel's signature without TensorFlow): every
+        input, tensor and node name in pass parameters, every profile input (and its rank and
+        static dims), validation inputs and outputs, the SavedModel tag set and signature
       - precision options (keys of another mode, BF16/FP8 vs build.compute_capabilities)
       - backend compatibility: each enabled pass's precheck against the backend a run would use on
-        this machine (e.g. nms efficient_nms needs EfficientNMS_TRT, which TensorRT-RTX lacks)
-      - with --format: the file is as `python pipeline.py fmt` writes it
-    backend checks use the backend a run would use on this machine; --warn-backend turns those
-    that depend on the machine (`backend: auto`, or a backend not installed here) into warnings
+        this machine (e.g. nms efficient_nms needs EfficientNMS_TRT, which TensorRT-RTX lacks; plugin:
+        the creator exists after loading build.plugins, and attrs fit its fields)
+      - deprecated plugins (warnings): EfficientNMS_TRT, BatchedNMS_TRT, with what to use instead
+      - with --fmt: the file is as `python pipeline.py fmt` writes it
+    backend checks use the backend a run would use on this machine; where it is not installed they
+    are skipped, with a warning saying so (--strict-backend: an error); --warn-backend turns the
+    problems of `backend: auto`, which depend on what the machine has, into warnings
 
-    messages are the ones a run prints: FILE:LINE:COL: key.path: message
+    output (--format): text (FILE:LINE:COL: key.path: message, as a run prints it), json, or
+    github (workflow annotations: ::error file=F,line=L,col=C::message, shown inline in pull requests)
 
     exit codes:
-      0  every recipe is fine
+      0  every recipe is fine (warnings and skipped checks do not fail it)
       2  bad command-line usage
       3  at least one recipe has a problem (all recipes are checked; every problem is printed)""")
+
+
+def output_format(value: str) -> str:
+    """argparse type of --format: text, json or github."""
+    from trtpipe.review.annotations import FORMATS
+    if value in FORMATS:
+        return value
+    moved = " (canonical formatting is checked with --fmt)" if value not in ("", "-") else ""
+    raise argparse.ArgumentTypeError(f"{value!r} is not an output format: choose {', '.join(FORMATS)}{moved}")
+
+
+def _format_flag(parser):
+    parser.add_argument("--format", type=output_format, default="text", metavar="{text,json,github}",
+                        help="output: text (default), json, or github (workflow annotations for pull requests)")
 
 
 @command("check")
@@ -57,50 +78,38 @@ def cmd_check(argv: list[str]) -> int:
     parser = _parser("check", "Check recipes without converting or building.", CHECK_EPILOG)
     parser.add_argument("recipes", nargs="+", metavar="RECIPE",
                         help="recipe files, or directories (their *.yaml / *.yml files are checked)")
-    parser.add_argument("--format", action="store_true",
+    _format_flag(parser)
+    parser.add_argument("--fmt", action="store_true",
                         help="also fail when a recipe is not canonically formatted (`python pipeline.py fmt`)")
+    parser.add_argument("--strict-backend", action="store_true",
+                        help="a recipe whose backend is not installed here fails, instead of skipping the "
+                             "backend checks with a warning")
     parser.add_argument("--warn-backend", action="store_true",
                         help="report backend problems that depend on this machine (`backend: auto` resolved "
-                             "here, or a backend not installed here) as warnings, not errors: for CI machines "
-                             "without the recipes' target backend")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+                             "here) as warnings, not errors: for CI machines without the recipes' target backend")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only problems and warnings")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     from trtpipe.review.check import check_recipe, recipe_files
-    ui, bad = _ui(args.quiet), 0
+    from trtpipe.review.check_output import Checked, emit, summary
+    ui = _ui(args.quiet)
     paths = recipe_files(args.recipes)
     if not paths:
         ui.error("no recipe files found in " + ", ".join(args.recipes), EXIT_USAGE)
         return EXIT_USAGE
+    items = []
     for path in paths:
         try:
-            result = check_recipe(path, check_format=args.format, warn_backend=args.warn_backend)
+            item = Checked(path, check_recipe(path, check_format=args.fmt, warn_backend=args.warn_backend,
+                                              strict_backend=args.strict_backend))
         except PipelineError as err:
             if args.debug:
                 import traceback
                 traceback.print_exc()
-            ui.error(str(err), EXIT_RECIPE)
-            bad += 1
-            continue
-        for problem in result.problems:
-            ui.error(problem, EXIT_RECIPE)
-        for warning in result.warnings:
-            ui.err.print(f"warning (--warn-backend): {warning}", markup=False)
-        for note in result.notes:
-            ui.err.print(f"  note: {note}", markup=False)
-        if result.problems:
-            bad += 1
-        else:
-            from rich.markup import escape
-            backend = result.backend or "no backend installed: " + ", ".join(result.skipped) + " skipped"
-            extra = f"; {len(result.warnings)} backend warning(s)" if result.warnings else ""
-            ui.info(f"ok {escape(str(path))} [dim]({escape(backend)}{extra})[/]")
-        if result.skipped:  # printed even with --quiet: what was not checked matters as much as what was
-            ui.err.print(f"{path}: {result.skipped_line}", markup=False)
-    if len(paths) > 1 or bad:
-        summary = f"checked {len(paths)} recipe(s): {len(paths) - bad} ok, {bad} with problems"
-        (ui.err.print(summary, markup=False) if bad else ui.info(summary))
-    return EXIT_RECIPE if bad else EXIT_OK
+            item = Checked(path, error=str(err))
+        items.append(item)
+        emit(item, args.format, ui)
+    return summary(items, args.format, ui)
 
 
 # ------------------------------------------------------------------------------ explain
@@ -144,6 +153,7 @@ def cmd_diff(argv: list[str]) -> int:
     parser.add_argument("recipes", nargs="+", metavar="RECIPE",
                         help="OLD NEW, or with --git one or more recipes to compare with their REV version")
     parser.add_argument("--git", metavar="REV", help="compare each RECIPE as of git revision REV with the working file")
+    _format_flag(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     ui = _ui()
@@ -152,10 +162,10 @@ def cmd_diff(argv: list[str]) -> int:
         ui.error("diff needs two recipes, OLD and NEW (or --git REV and the recipes to compare with REV)", EXIT_USAGE)
         return EXIT_USAGE
     pairs = ([(args.recipes[0], args.recipes[1])] if not args.git else [(None, r) for r in args.recipes])
-    outputs = []
+    outputs, records, notices = [], [], []
 
     def job():
-        from trtpipe.review.diff import diff_recipes, render, render_whole
+        from trtpipe.review import diff as recipe_diff
         for old_path, new_path in pairs:
             if args.git:
                 old_text, old_label = _git_show(args.git, new_path), f"{new_path}@{args.git}"
@@ -166,31 +176,56 @@ def cmd_diff(argv: list[str]) -> int:
             else:
                 old_text, old_label, old_dir = _read(old_path), old_path, Path(old_path).resolve().parent
                 new_text = _read(new_path)
-            if old_text is None:
-                outputs.append(render_whole(_parse(new_text, new_path), f"(none) -> {new_path}",
-                                            f"new recipe (not in {args.git}): every stage runs; "
-                                            f"`python pipeline.py explain {new_path}` shows it resolved"))
+            if old_text is None or new_text is None:
+                state = (f"new recipe (not in {args.git}): every stage runs; `python pipeline.py explain {new_path}` "
+                         "shows it resolved") if old_text is None else "recipe deleted in the working tree; as it was:"
+                label = f"(none) -> {new_path}" if old_text is None else f"{old_label} -> (none)"
+                whole = _parse(new_text, new_path) if old_text is None else _parse(old_text, old_label)
+                outputs.append(recipe_diff.render_whole(whole, label, state))
+                records.append({"old": None if old_text is None else old_label,
+                                "new": None if new_text is None else new_path, "state": state.split(":")[0]})
+                notices.append((new_path if new_text is not None else old_label, None, None, "recipe diff", state))
                 continue
-            if new_text is None:
-                outputs.append(render_whole(_parse(old_text, old_label), f"{old_label} -> (none)",
-                                            "recipe deleted in the working tree; as it was:"))
-                continue
-            old, new = _parse(old_text, old_label), _parse(new_text, new_path)
-            diff = diff_recipes(old, new, old_dir, Path(new_path).resolve().parent)
-            outputs.append(render(diff, old_label, new_path))
+            (old, _), (new, marks) = _parse_marked(old_text, old_label), _parse_marked(new_text, new_path)
+            diff = recipe_diff.diff_recipes(old, new, old_dir, Path(new_path).resolve().parent)
+            outputs.append(recipe_diff.render(diff, old_label, new_path))
+            records.append(recipe_diff.as_json(diff, old_label, new_path))
+            notices.extend(recipe_diff.annotations(diff, str(new_path), lambda p, m=marks: _line_col(m, p)))
+        if args.format == "json":
+            import json
+            ui.out.print(json.dumps(records, indent=2), markup=False, highlight=False, soft_wrap=True)
+            return
+        if args.format == "github":
+            from trtpipe.review.annotations import Annotation
+            for file, line, col, title, message in notices:
+                ui.out.print(Annotation("notice", file, line, col, message).as_github(title), markup=False,
+                             highlight=False, soft_wrap=True)
         ui.out.print("\n\n".join(outputs), markup=False, highlight=False)
     return guarded(job, ui, args.debug)
 
 
-def _read(path, missing_ok=False):
+def _parse_marked(text, label):
+    """(data, marks) of a recipe's text: data {} for a document that is not a mapping."""
+    from trtpipe.recipe.yamlmarks import load_yaml_with_marks
+    data, marks = load_yaml_with_marks(text, str(label))
+    return (data if isinstance(data, dict) else {}), marks
+
+
+def _line_col(marks, path):
+    """(line, col) of the key path `path`, from `file:line:col`."""
+    where = marks.locate(path).rsplit(":", 2)
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise RecipeError(f"{path}: recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read recipe: {err}") from err
+        return int(where[1]), int(where[2])
+    except (IndexError, ValueError):
+        return None
+
+
+def _read(path, missing_ok=False):
+    """The recipe's text, read as a run reads it (regular files of at most 1 MiB, UTF-8)."""
+    from trtpipe.recipe.load import read_recipe_text
+    if missing_ok and not os.path.exists(path):
+        return None
+    return read_recipe_text(path)
 
 
 def _parse(text, label):
@@ -238,25 +273,40 @@ def cmd_fmt(argv: list[str]) -> int:
     from trtpipe.review.check import check_formatting, recipe_files
     from trtpipe.review.fmt import format_text, write_atomically
     ui, code = _ui(), EXIT_OK
-    for path in recipe_files(args.recipes):
+    paths, changed, broken = recipe_files(args.recipes), [], []
+    if not paths:
+        ui.error("no recipe files found in " + ", ".join(args.recipes), EXIT_USAGE)
+        return EXIT_USAGE
+    for path in paths:
         try:
             text = _read(path)
             if args.check:
                 for problem in check_formatting(path, text):
                     ui.error(problem, EXIT_RECIPE)
-                    code = EXIT_RECIPE
+                    changed.append(path)
                 continue
             formatted = format_text(text, path)
             if formatted != text:
                 write_atomically(path, formatted)
+                changed.append(path)
                 ui.out.print(f"formatted {path}", markup=False)
         except PipelineError as err:
             if args.debug:
                 import traceback
                 traceback.print_exc()
             ui.error(str(err), EXIT_RECIPE)
-            code = EXIT_RECIPE
-    return code
+            broken.append(path)
+    # say what was looked at, also when all is well: a silent success reads like nothing was checked
+    fine = len(paths) - len(changed) - len(broken)
+    if args.check:
+        line = (f"fmt --check: {len(paths)} recipe(s) checked, {fine} canonically formatted"
+                + (f", {len(changed)} would change (run `python pipeline.py fmt`)" if changed else "")
+                + (f", {len(broken)} unreadable" if broken else ""))
+    else:
+        line = (f"fmt: {len(paths)} recipe(s), {len(changed)} formatted, {fine} already canonical"
+                + (f", {len(broken)} unreadable" if broken else ""))
+    (ui.err.print if changed and args.check or broken else ui.out.print)(line, markup=False)
+    return EXIT_RECIPE if broken or (args.check and changed) else code
 
 
 # ------------------------------------------------------------------------------ docs
@@ -273,20 +323,26 @@ def docs_root() -> Path:
 
 def generated_docs(docs_dir: Path | None = None) -> dict[Path, str]:
     """{path: text} of the documentation generated from the schemas, in `docs_dir` (default: the
-    checkout's docs/, else ./docs)."""
+    checkout's docs/, else ./docs); in a checkout (no `docs_dir`) also the editor schema,
+    schemas/recipe.editor.schema.json (a plain install ships its own)."""
     from trtpipe import registry
     from trtpipe.recipe.schema import load_schema
     from trtpipe.review import docs
+    from trtpipe.review.editor_schema import FILE, editor_schema_text
     builtin = [i for i in registry.all_passes() if i.origin.startswith("passes.")]  # not third-party plugins
     folder = docs_dir or docs_root() / "docs"
-    return {folder / "passes.md": docs.passes_md(builtin),
-            folder / "recipe.md": docs.recipe_md(load_schema("recipe.schema.json"))}
+    out = {folder / "passes.md": docs.passes_md(builtin),
+           folder / "recipe.md": docs.recipe_md(load_schema("recipe.schema.json"))}
+    if docs_dir is None and checkout() is not None:
+        out[checkout() / "schemas" / FILE] = editor_schema_text(load_schema("recipe.schema.json"), builtin)
+    return out
 
 
 @command("docs")
 def cmd_docs(argv: list[str]) -> int:
     parser = _parser("docs", "Regenerate docs/passes.md and docs/recipe.md from the JSON schemas and the pass "
-                     "docstrings.", "exit codes: 0 ok (or, with --check, up to date), 3 stale (--check)")
+                     "docstrings, and (in a checkout) the editor schema schemas/recipe.editor.schema.json.",
+                     "exit codes: 0 ok (or, with --check, up to date), 3 stale (--check)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 3 when the docs are stale")
     parser.add_argument("--dir", metavar="DIR", help="the docs folder (default: the checkout's docs/; outside a "
                                                      "checkout required to write, so that no one's docs/ is "
@@ -305,6 +361,8 @@ def cmd_docs(argv: list[str]) -> int:
         for p in stale:
             why = "is stale: the schemas or pass docstrings changed" if p.exists() else "is missing"
             ui.error(f"{_shown(p, root)} {why} (run `python pipeline.py docs`)", EXIT_RECIPE)
+        if not stale:
+            ui.out.print(f"docs --check: up to date: {', '.join(_shown(p, root) for p in wanted)}", markup=False)
         return EXIT_RECIPE if stale else EXIT_OK
     for p in stale:
         try:

@@ -44,6 +44,7 @@ class Change:
     subject: str        # key path (`build.workspace`) or pass (`passes[3] nms`)
     detail: str         # what changed, for a reviewer (`2GiB -> 4GiB`)
     start: object       # first stage it re-runs: "source", ("passes", i), "precision", ... or None
+    path: tuple | None = None  # key path in the new recipe it is about (for annotations), if any
 
     @property
     def text(self) -> str:
@@ -116,7 +117,8 @@ def _diff_section(key, old, new, old_raw, new_raw, ctx):
     a, b = old.get(key, MISSING), new.get(key, MISSING)
     if key == "precision" and isinstance(a, dict) and isinstance(b, dict) and a.get("mode") != b.get("mode"):
         # another mode: its options are new, not changed; name the mode and what is written
-        return [Change(key, "changed", "precision", f"{_mode_text(a, old_raw)} -> {_mode_text(b, new_raw)}", start)]
+        return [Change(key, "changed", "precision", f"{_mode_text(a, old_raw)} -> {_mode_text(b, new_raw)}", start,
+                       ("precision",))]
     fa = flatten(a, (key,)) if a is not MISSING else {}
     fb = flatten(b, (key,)) if b is not MISSING else {}
     out = []
@@ -133,7 +135,7 @@ def _diff_section(key, old, new, old_raw, new_raw, ctx):
         what = f"{value_text(path, va, old_raw)} -> {value_text(path, vb, new_raw)}"
         if path[:2] == ("validate", "enabled") and vb is False:
             what += " (validation will be skipped)"
-        out.append(Change(key, "changed", key_path(path), what, start))
+        out.append(Change(key, "changed", key_path(path), what, start, path))
     return out
 
 
@@ -202,14 +204,14 @@ def _diff_passes(old, new, old_raw, new_raw):
             first = min(j, where_removed(i))
             events.append(((j, 0), Change("passes", "moved", label, f"from passes[{i}], {_neighbours(new, j)}",
                                           ("passes", first) if live and first < len(new) else
-                                          ("precision" if live else None))))
+                                          ("precision" if live else None), ("passes", j))))
         for path, va, vb in _item_changes(a, b):
             raw_a = raw_old[i] if i < len(raw_old) and isinstance(raw_old[i], dict) else {}
             raw_b = raw_new[j] if j < len(raw_new) and isinstance(raw_new[j], dict) else {}
             if path == ("enabled",):
                 kind = "enabled" if vb else "disabled"
                 events.append(((j, 1), Change("passes", kind, label, f"enabled: {show(va)} -> {show(vb)}",
-                                              ("passes", j))))
+                                              ("passes", j), ("passes", j, "enabled"))))
                 continue
             text = f"{key_path(path)}: {value_text(path, va, raw_a)} -> {value_text(path, vb, raw_b)}"
             start = ("passes", j) if live and path[0] != "note" else None
@@ -217,7 +219,7 @@ def _diff_passes(old, new, old_raw, new_raw):
                 text += " (documentation only)"
             elif not live:
                 text += " (pass disabled: nothing re-runs)"
-            events.append(((j, 1), Change("passes", "changed", label, text, start)))
+            events.append(((j, 1), Change("passes", "changed", label, text, start, ("passes", j) + tuple(path))))
     for i in removed:
         a, j = old[i], where_removed(i)
         start = (("passes", j) if j < len(new) else "precision") if a.get("enabled", True) else None
@@ -225,14 +227,15 @@ def _diff_passes(old, new, old_raw, new_raw):
             isinstance(raw_old[i], dict) and isinstance(raw_old[i].get("params"), dict) else {}
         detail = _neighbours(old, i).replace("now ", "was ") + (f", had params {show(params)}" if params else "")
         detail += "" if a.get("enabled", True) else " (it was disabled)"
-        events.append(((j, -1), Change("passes", "removed", f"passes[{i}] {a.get('pass')}", detail, start)))
+        events.append(((j, -1), Change("passes", "removed", f"passes[{i}] {a.get('pass')}", detail, start,
+                                       ("passes", j) if j < len(new) else ("passes",))))
     for j in added:
         b = new[j]
         params = raw_new[j].get("params") if j < len(raw_new) and isinstance(raw_new[j], dict) else None
         detail = (_neighbours(new, j) + (f", params {show(params)}" if params else ", default params")
                   + ("" if b.get("enabled", True) else " (disabled)"))
         events.append(((j, 0), Change("passes", "added", f"passes[{j}] {b.get('pass')}", detail,
-                                      ("passes", j) if b.get("enabled", True) else None)))
+                                      ("passes", j) if b.get("enabled", True) else None, ("passes", j))))
     return [c for _, c in sorted(events, key=lambda e: e[0])]
 
 
@@ -316,3 +319,32 @@ def render_whole(raw: object, label: str, state: str) -> str:
         else:
             lines.append(f"  {key}: {show(raw[key])}")
     return "\n".join(lines)
+
+
+def reruns_of(diff: Diff, change: Change) -> list[str]:
+    """The stages `change` re-runs, compressed (`passes[3..5]`), [] for documentation-only changes."""
+    if change.start is None:
+        return []
+    return compress(downstream(change.start, diff.n_passes, diff.validate_enabled))
+
+
+def as_json(diff: Diff, old_label: str, new_label: str) -> dict:
+    """The diff as data (`diff --format json`): each change with its section, kind, subject,
+    detail, key path in the new recipe and the stages it re-runs; then the stage plan."""
+    return {"old": old_label, "new": new_label, "warnings": list(diff.warnings),
+            "changes": [{"section": c.section, "kind": c.kind, "subject": c.subject, "detail": c.detail,
+                         "key": key_path(c.path) if c.path else None, "reruns": reruns_of(diff, c)}
+                        for c in diff.changes],
+            "reruns": compress(diff.reruns), "reused": compress(diff.reused)}
+
+
+def annotations(diff: Diff, new_file: str, locate: object) -> list[tuple[str, int | None, int | None, str, str]]:
+    """(file, line, col, title, message) per change, placed at its key in the new recipe
+    (`locate(path)` -> (line, col) or None), for `diff --format github` notices."""
+    out = []
+    for c in diff.changes:
+        where = locate(c.path) if c.path else None
+        stages = reruns_of(diff, c)
+        title = f"recipe diff: re-runs {', '.join(stages)}" if stages else "recipe diff: nothing re-runs"
+        out.append((new_file, *(where or (None, None)), title, f"{c.kind} {c.text}"))
+    return out

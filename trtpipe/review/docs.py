@@ -138,3 +138,96 @@ def recipe_md(schema: dict) -> str:
              "`python pipeline.py explain RECIPE` shows a recipe with every default filled in.", ""]
     lines += _table(param_rows(schema), first="key")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ `passes NAME` in a terminal
+
+def pass_text(info: PassInfo, width: int = 80) -> str:
+    """One pass for a terminal: its docstring complete, reflowed to `width` columns (list items
+    keep a hanging indent, words are never split, indented blocks stay as written), then its
+    parameters, each with type, default and constraints on one line and its description below.
+
+    Args:
+        info: the registered pass.
+        width: columns to wrap at (the terminal's width; at least 40 is used).
+
+    Returns:
+        Plain text (no markup), ending with a newline.
+    """
+    width = max(40, int(width))
+    lines = _wrap(f"{info.name}: {info.summary}", width, "  ") + [""]
+    previous = None
+    for kind, block in _doc_blocks(info.doc):
+        if previous and not (kind == previous == "item"):
+            lines.append("")
+        lines += block(width)
+        previous = kind
+    rows = param_rows(info.schema)
+    lines += ["", "Parameters (* required):" if rows else "No parameters."]
+    for name, type_text, default, required, desc in rows:
+        head = f"{name}{' *' if required else ''}  {type_text.replace('`', '')}" + (
+            f"  (default {default})" if default else "")
+        lines += _wrap(head, width, "      ", "  ")
+        if desc:
+            lines += _wrap(desc, width, "      ", "      ")
+    if info.precheck:
+        first = (info.precheck.__doc__ or "backend compatibility").strip().splitlines()[0]
+        lines += [""] + _wrap(f"Checked before any conversion (`python pipeline.py check`): {first}", width)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _wrap(text, width, subsequent="", initial=""):
+    """`text` reflowed to `width`; long words (paths, tensor names) overflow rather than split."""
+    import textwrap
+    return textwrap.wrap(" ".join(text.split()), width=width, initial_indent=initial, subsequent_indent=subsequent,
+                         break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def _doc_blocks(doc):
+    """The docstring after its summary line as (kind, renderer: width -> lines), kind "para",
+    "item" (a `*`, `-` or `1.` list item with its continuation lines) or "verbatim"."""
+    import re
+    blocks, para, item, verbatim = [], [], None, []
+
+    def flush():
+        nonlocal para, item, verbatim
+        if para:
+            text = " ".join(para)
+            blocks.append(("para", lambda w, t=text: _wrap(t, w)))
+        if item:
+            bullet, text = item
+            blocks.append(("item", lambda w, b=bullet, t=text: _wrap(t, w, " " * (len(b) + 3), "  " + b + " ")))
+        if verbatim:
+            blocks.append(("verbatim", lambda w, v=list(verbatim): v))
+        para, item, verbatim = [], None, []
+    in_fence = False
+    for raw in doc.splitlines()[1:]:
+        line = raw.rstrip()
+        if line.strip().startswith("```"):
+            if in_fence:
+                verbatim.append("    " + line.strip())
+                in_fence = False
+                flush()
+            else:
+                flush()
+                in_fence = True
+                verbatim.append("    " + line.strip())
+            continue
+        if in_fence:
+            verbatim.append("    " + line)
+            continue
+        if not line.strip():
+            flush()
+            continue
+        bullet = re.match(r"^(\s*)([*-]|\d+[.)])\s+(.*)$", line)
+        if bullet and len(bullet.group(1)) <= 2:
+            flush()
+            item = (bullet.group(2), bullet.group(3))
+        elif item is not None:
+            item = (item[0], item[1] + " " + line.strip())
+        elif line.startswith("    ") and not para:
+            verbatim.append(line)
+        else:
+            para.append(line.strip())
+    flush()
+    return blocks

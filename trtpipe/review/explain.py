@@ -87,6 +87,13 @@ def resolved(recipe: Recipe, backend: Backend | None, backend_error: str | None)
             for i, v in enumerate(value):
                 walk(v, path + (i,))
     walk(view, ())
+    for i, item in enumerate(view.get("passes") or []):  # defaults of another mode's parameters: not shown
+        params = item.get("params")
+        if isinstance(params, dict):
+            allowed = applicable_params(_pass_schema(item), params)
+            for key in [k for k in params if allowed is not None and k not in allowed
+                        and ("passes", i, "params", k) in recipe.defaults]:
+                del params[key]
 
     # source paths
     src, raw_src = view["source"], raw.get("source", {})
@@ -181,6 +188,22 @@ def _ordered(value, schema):
     rank = {k: i for i, k in enumerate(order)}
     keys = list(value)
     return sorted(keys, key=lambda k: (rank.get(k, len(rank)), keys.index(k)))
+
+
+def applicable_params(schema: dict, params: dict) -> set[str] | None:
+    """The parameter names a pass schema allows for these `params`, from its conditionals
+    (`allOf: [{if: {mode: X}, then: {propertyNames: {enum: [...]}}}]`, as nms has per mode);
+    None when nothing restricts them. Used to leave other modes' defaults out of `explain`."""
+    import jsonschema
+    allowed = None
+    for cond in schema.get("allOf") or []:
+        then = cond.get("then") if isinstance(cond, dict) else None
+        names = ((then or {}).get("propertyNames") or {}).get("enum")
+        if names is None or "if" not in cond:
+            continue
+        if jsonschema.Draft202012Validator(cond["if"]).is_valid(params):
+            allowed = set(names) if allowed is None else allowed & set(names)
+    return allowed
 
 
 def _render(value, path, marks, schema, indent, lines, first_prefix=None):

@@ -23,15 +23,59 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import Comment, CommentedBase, CommentedMap, CommentedSeq
+from ruamel.yaml.emitter import RoundTripEmitter
+from ruamel.yaml.error import YAMLError as RuamelError
 
 from trtpipe import registry
+from trtpipe.errors import RecipeError
+from trtpipe.recipe.load import check_mapping
 from trtpipe.recipe.schema import load_schema
-from trtpipe.recipe.yamlmarks import load_yaml_with_marks
+from trtpipe.recipe.yamlmarks import is_invisible, load_yaml_with_marks
 from trtpipe.review.yaml_comments import Comments
+
+
+class _Escaping:
+    """A text stream wrapper writing every invisible character as a YAML escape (inside a
+    double-quoted scalar, where escapes are valid)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, data):
+        if isinstance(data, str):
+            data = "".join(_escape(c) if is_invisible(c) else c for c in data)
+        return self._stream.write(data)
+
+
+def _escape(ch):
+    code = ord(ch)
+    return f"\\x{code:02X}" if code <= 0xFF else f"\\u{code:04X}" if code <= 0xFFFF else f"\\U{code:08X}"
+
+
+class _Emitter(RoundTripEmitter):
+    """ruamel's round-trip emitter, except that a string holding an invisible character (bidi
+    control, zero-width space, ...) is always double-quoted with that character escaped: ruamel
+    would write it raw (it escapes only what YAML cannot hold), where no reviewer can see it."""
+
+    def choose_scalar_style(self):
+        if isinstance(self.event.value, str) and any(map(is_invisible, self.event.value)):
+            return '"'
+        return super().choose_scalar_style()
+
+    def write_double_quoted(self, text, split=True):
+        if not any(map(is_invisible, text)):
+            return super().write_double_quoted(text, split)
+        stream = self.stream
+        self.stream = _Escaping(stream)
+        try:
+            return super().write_double_quoted(text, split)
+        finally:
+            self.stream = stream
 
 
 def _yaml():
     y = YAML(typ="rt")
+    y.Emitter = _Emitter
     y.indent(mapping=2, sequence=4, offset=2)
     y.width = 4096  # never re-wrap long values: wrapping changes make noisy diffs
     y.preserve_quotes = True
@@ -41,14 +85,27 @@ def _yaml():
 def format_text(text: str, filename: str | Path = "<recipe>") -> str:
     """Return the canonical form of recipe `text`.
 
-    Raises RecipeError (YAML syntax error, duplicate key) with the same file:line:col message a
-    run gives. Text that is not a YAML mapping is returned unchanged (`check` reports it)."""
+    Escaped invisible characters stay escaped: a string holding a character `is_invisible` names
+    (bidi overrides such as U+202E, zero-width spaces, controls) is written double-quoted with
+    that character as an escape (`"\\u202E"`), never raw, whatever its quoting was.
+
+    Raises:
+        RecipeError: what a run refuses before the schema, with the same file:line:col message: text
+            over the size limit, a YAML syntax error, a tag, merge or complex key, nesting or alias
+            limits, a duplicate key; and a document that is not a mapping (empty, a list, a value).
+    """
     data, _ = load_yaml_with_marks(text, str(filename))
-    if not isinstance(data, dict) or not data:
+    check_mapping(data, str(filename))
+    if not data:
         return text
     layout = Comments(text)
     y = _yaml()
-    doc = y.load(text)
+    try:
+        doc = y.load(text)
+    except RuamelError as err:  # what PyYAML accepted above and ruamel (YAML 1.2) does not
+        mark = getattr(err, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else str(filename)
+        raise RecipeError(f"{where}: YAML error: {getattr(err, 'problem', None) or err}") from None
     _strip_comments(doc)
     _reorder(doc, load_schema("recipe.schema.json"))
     out = io.StringIO()

@@ -45,7 +45,6 @@ class _Tree:
     def __post_init__(self):
         self._starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
         node = yaml.compose(self.text, Loader=RecipeLoader)
-        self._constructor = RecipeLoader("")
         if node is not None:
             self._walk(node, (), False)
 
@@ -67,7 +66,7 @@ class _Tree:
         last = node.start_mark.line
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                key = self._constructor.construct_object(key_node, deep=True)
+                key = key_node.value  # keys as the recipe loader makes them: the text as written
                 sub = path + (key,)
                 self._end(key_node)
                 if not flow:
@@ -123,8 +122,12 @@ class Comments:
         lines = text.splitlines()
         self.header, self.trailer = [], []
         self.before, self.eol, self.tails = {}, {}, {}
-        slots = list(tree.slots.values())
-        slot_lines = sorted({s.line for s in slots})
+        slots = list(tree.slots.values())  # document order: lines ascending
+        self._by_line = {}  # line -> slots starting on it (keeps hostile files of many keys linear)
+        for slot in slots:
+            self._by_line.setdefault(slot.line, []).append(slot)
+        self._slot_starts = [s.line for s in slots]
+        slot_lines = sorted(self._by_line)
         first = slot_lines[0] if slot_lines else len(lines)
         block = []  # consecutive (line, col, text) of comments / blank lines; text "" = blank
         for n, line in enumerate(lines + [None]):
@@ -158,7 +161,7 @@ class Comments:
         if i == len(slot_lines):
             return None
         at = slot_lines[i]
-        return min((s for s in slots if s.line == at), key=lambda s: len(s.path))  # outermost
+        return min(self._by_line[at], key=lambda s: len(s.path))  # outermost
 
     def _place(self, block, slots, slot_lines):
         nxt = self._next_slot(block[-1][0], slots, slot_lines)
@@ -170,8 +173,8 @@ class Comments:
         tail, rest = block[:k], block[k:]
         if tail:
             start, col = tail[0][0], next(c for _, c, t in tail if t)
-            prev = [s for s in slots if s.line < start and s.col <= col]
-            p = prev[-1] if prev else None
+            before = bisect.bisect_left(self._slot_starts, start)  # slots[:before] start above the tail
+            p = next((slots[i] for i in range(before - 1, -1, -1) if slots[i].col <= col), None)
             if p is None or (nxt and nxt.path[:len(p.path)] == p.path):
                 # between a key and its first entry: it introduces that entry, whatever its indentation
                 tail, rest = [], block
@@ -185,7 +188,7 @@ class Comments:
                 self.trailer.extend(t for _, _, t in rest)
 
     def _place_eol(self, n, found, slots):
-        on_line = [s for s in slots if s.line == n]
+        on_line = self._by_line.get(n)
         if on_line:
             self.eol[max(on_line, key=lambda s: len(s.path)).path] = found
             return

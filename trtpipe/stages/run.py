@@ -5,32 +5,41 @@ build.py) and each cached stage around it in `<stage>_stage.py`: look the stage'
 stage cache (cache.py), copy a cached output instead of running, or run it and commit an entry. A
 model is loaded into memory only when a later stage must actually run on it. This file strings
 the stages together, times them, and makes sure nothing is published unless every stage
-succeeded. One run per recipe at a time (a lock in the cache directory); artifacts are staged and
-renamed into place.
+succeeded. Before any stage, the files the recipe names are checked (run_files.py: inputs are
+regular files, no output is an input). One run per recipe at a time (a lock in the cache
+directory) and one run per output directory (its own lock and owner, output_dir.py); artifacts
+are staged and published as one set (publish.py). A write that does not fit (disk full, quota,
+file size limit) ends the run as an OutputError naming the file.
 """
 
 from __future__ import annotations
 
 import functools
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.text import Text
+
 from trtpipe.backend import has_runtime_gpu, resolve_backend
 from trtpipe.cache.files import MODEL, copy_model
 from trtpipe.cache.keys import Keys
-from trtpipe.cache.lock import is_abandoned, own_directory
+from trtpipe.cache.lock import own_directory
 from trtpipe.cache.store import Cache, CorruptEntry, pause, resolve_dir
-from trtpipe.errors import PassError
+from trtpipe.deploy.facts import deploy_section
+from trtpipe.errors import PassError, PipelineError
+from trtpipe.fileguard import disk_full_error, is_disk_full, writing
 from trtpipe.recipe.load import load_recipe
 from trtpipe.registry import PassContext
 from trtpipe.review.check import precheck_passes, raise_first
 from trtpipe.stages import report as report_mod
+from trtpipe.stages import report_pictures
 from trtpipe.stages.build import cached as build_stage
+from trtpipe.stages.output_dir import OutputDir
 from trtpipe.stages.passes import cached as passes_stage
 from trtpipe.stages.precision import cached as precision_stage
-from trtpipe.stages.publish import Staging
+from trtpipe.stages.publish import Staging, name_data_by_content
+from trtpipe.stages.run_files import input_problems, output_problems
 from trtpipe.stages.run_state import RunOptions, RunState, forced_stages
 from trtpipe.stages.source import cached as source_stage
 from trtpipe.stages.validate import cached as validate_stage
@@ -44,8 +53,9 @@ __all__ = ["RunOptions", "run_recipe"]  # RunOptions lives in run_state (the sta
 def run_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = None) -> dict[str, Any]:
     """Run a recipe end to end: recipe -> source -> passes -> precision -> validate -> build ->
     report, each stage served from the stage cache when its key matches, and publish the artifacts
-    into `output.dir` only if every stage succeeded (staged, then renamed into place). One run per
-    recipe at a time: a second run waits for the first one's lock.
+    into `output.dir` only if every stage succeeded (staged, then switched in as one set, publish.py).
+    One run per recipe and one per output directory at a time: a second run waits for the first
+    one's lock. An output directory holding another recipe's artifacts is refused unless --force.
 
     Args:
         recipe_path: the recipe YAML file.
@@ -71,8 +81,10 @@ def run_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = Non
             cannot be read or fed to the models (the fp16 overflow guard reads it too).
         BuildError: the backend is unknown or not installed, lacks a plugin a pass needs, or the
             parser/builder failed.
-        OutputError: the cache directory, output directory or timing cache is not writable, or
-            publishing failed.
+        OutputError: the cache directory, output directory or timing cache is not writable; an
+            output would overwrite a file the run reads; the output directory holds another
+            recipe's artifacts (without --force); a write did not fit (disk full, quota, file size
+            limit; the message names the file and the space needed); or publishing failed.
         CorruptEntry: the same cache entry turned out corrupt three runs in a row (a bug or a
             failing disk; not a PipelineError).
     """
@@ -90,10 +102,20 @@ def _run(recipe_path, ui, options):
     t0 = time.perf_counter()
     ui.stage("recipe", str(recipe_path))
     recipe = load_recipe(recipe_path)
+    if options.compute_capabilities:  # --compute-capabilities: what build-all's targets override
+        recipe.data["build"]["compute_capabilities"] = list(options.compute_capabilities)
+    out = recipe.data["output"]
+    if options.output_dir:
+        out["dir"] = str(Path(options.output_dir).resolve())
+    # What the run reads must be regular files (a FIFO would hang it) and nothing it writes may be
+    # one of them: both refused here, before any stage (stages/run_files.py).
+    raise_first(input_problems(recipe))
+    raise_first(output_problems(recipe, out["dir"], via_option=bool(options.output_dir)))
     backend = resolve_backend(recipe.data["build"]["backend"])
     problems = precheck_passes(recipe, PassContext(name=recipe.name, backend=backend.name,
                                                    backend_version=backend.version_tuple, recipe_dir=recipe.dir,
-                                                   plugin_libraries=recipe.data["build"]["plugins"]))
+                                                   plugin_libraries=recipe.data["build"]["plugins"],
+                                                   warner=ui.warn))
     raise_first(problems)  # refuse before minutes of conversion, e.g. a plugin the backend lacks
     forced = forced_stages(recipe, options.force, options.from_stage)
     root, _ = resolve_dir(options.cache_dir)
@@ -103,16 +125,23 @@ def _run(recipe_path, ui, options):
     state.timings["recipe"] = ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es), "
                                       f"backend {backend.name} {backend.version}")
 
-    out = recipe.data["output"]
-    if options.output_dir:
-        out["dir"] = str(Path(options.output_dir).resolve())
+    where = f"-o {out['dir']}: " if options.output_dir else f"{recipe.locate(('output', 'dir'))}: "
     lock = cache.recipe_lock(recipe.path, on_wait=lambda pid: ui.info(
         f"waiting for another run of {recipe.name} (pid {pid or '?'}) to finish"))
-    with lock, cache.use_lock(), Staging(out["dir"], where=f"{recipe.locate(('output', 'dir'))}: ") as staging:
+    out_dir = OutputDir(out["dir"], recipe.path, recipe.name, force=options.force, where=where,
+                        on_wait=lambda pid: ui.info(Text(f"waiting for another run writing into {out['dir']} "
+                                                         f"(pid {pid or '?'}) to finish")))
+    with lock, cache.use_lock(), out_dir, Staging(out["dir"], where=where) as staging:
         owner = own_directory(staging.dir)
         try:
-            _remove_abandoned_staging(staging)
-            rep, published = _stages(state, staging, out, t0)
+            rep, published = _stages(state, staging, out, t0, out_dir)
+        except PipelineError as err:
+            out_dir.keep_failed(err, staging.dir, out["onnx"])  # the rejected graph outlives the staging dir
+            raise
+        except OSError as err:  # a write that did not fit, wherever it happened (a stage, the cache)
+            if is_disk_full(err):
+                raise disk_full_error(err, *_failed_write(err, staging, out["dir"])) from err
+            raise
         finally:
             owner.release()
             if state.build_worker is not None:  # started for a build that did not happen
@@ -121,7 +150,7 @@ def _run(recipe_path, ui, options):
     return rep
 
 
-def _stages(state, staging, out, t0):
+def _stages(state, staging, out, t0, out_dir):
     recipe, backend, ui = state.recipe, state.backend, state.ui
     source_path = staging.path(f"{recipe.name}.source.onnx")
     source, cur = source_stage.run(state, source_path)
@@ -132,7 +161,8 @@ def _stages(state, staging, out, t0):
     cur, pass_stats = passes_stage.run(state, cur, ctx, staging, source.nodes)
     final, precision_stats, ops_final = precision_stage.run(state, cur, source, source_path, ctx)
     final_path = staging.path(out["onnx"])
-    copy_model(final.entry.path(MODEL), final_path)
+    with writing(Path(out["dir"]) / out["onnx"], _model_bytes(final.entry.path(MODEL)), "the final ONNX model"):
+        copy_model(final.entry.path(MODEL), final_path)
 
     # Validation runs before the build so a wrong graph fails fast; where a GPU can run the
     # plan it runs after the build instead, to include the engine-vs-ORT comparison.
@@ -144,25 +174,52 @@ def _stages(state, staging, out, t0):
     if validation is None:
         validation = validate(plan_sha, plan_path)
 
-    artifacts = [source_path.name, out["onnx"], out["plan"]] + sorted(_stage_artifacts(ctx, staging))
-    artifacts += [n for n in (source_path.name + ".data", out["onnx"] + ".data") if staging.path(n).exists()]
+    extra = sorted(_stage_artifacts(ctx, staging))
+    # what predict/bench/export read: input contract, labels, engine facts, export command lines
+    deploy, deploy_files = deploy_section(recipe=recipe, backend=backend, ctx=ctx, staging=staging,
+                                          plan_path=plan_path, final_path=final_path, build_result=result)
+    # the pictures report.md links (report_pictures.py); one that cannot be made is said in the report
+    pictures = report_pictures.run(state, source_path, final_path, ctx, staging, validation)
+    picture_files = sorted(pictures["files"].values())
+    raise_first(output_problems(recipe, out["dir"], via_option=bool(state.options.output_dir),
+                                extra=[(name, f"artifact '{name}' of a pass") for name in extra]
+                                + [(name, f"deployment file '{name}'") for name in deploy_files]
+                                + [(name, f"report picture '{name}'") for name in picture_files]))
+    artifacts = [source_path.name, out["onnx"], out["plan"]] + extra + deploy_files + picture_files
+    # external weights published under content-named files (publish.py: onnx refuses linked ones)
+    artifacts += [n for n in (name_data_by_content(staging.path(m)) for m in (source_path.name, out["onnx"])) if n]
     state.timings["total"] = time.perf_counter() - t0
     rep = report_mod.make_report(
         recipe=recipe, backend=backend, source=source, pass_stats=pass_stats, build=result,
         validation=validation, timings=state.timings, ops_final=ops_final,
         artifacts={name: staging.path(name) for name in artifacts}, options=state.options,
-        precision=precision_stats)
+        precision=precision_stats, pictures=pictures)
     rep["cache"] = state.cache_report()
-    report_mod.write(rep, staging.path("report.json"), staging.path("report.md"))
+    rep["deploy"] = deploy
+    with writing(Path(out["dir"]) / "report.json", None, "the report"):
+        report_mod.write(rep, staging.path("report.json"), staging.path("report.md"))
     pause("publish")
-    return rep, staging.publish(artifacts + ["report.json", "report.md"])
+    return rep, staging.publish(artifacts + ["report.json", "report.md"], marker=out_dir.marker)
 
 
-def _remove_abandoned_staging(staging):
-    """Staging directories of runs that were killed (their owner lock is gone)."""
-    for d in staging.out_dir.glob(".trtpipe-staging-*"):
-        if d != staging.dir and d.is_dir() and is_abandoned(d):
-            shutil.rmtree(d, ignore_errors=True)
+def _model_bytes(path):
+    from trtpipe.cache.files import model_files
+    return sum(p.stat().st_size for p in model_files(path))
+
+
+def _failed_write(err, staging, out_dir):
+    """(the file a write that did not fit was for, bytes it needed or None): its public name when
+    it was being staged; a copy (shutil.copyfile names source and destination) needed the source's size."""
+    path = getattr(err, "filename2", None) or getattr(err, "filename", None)
+    need = None
+    if getattr(err, "filename2", None) and err.filename:
+        try:
+            need = Path(err.filename).stat().st_size
+        except (OSError, TypeError, ValueError):
+            need = None
+    if path and staging.dir and Path(path).parent == staging.dir:
+        return Path(out_dir) / Path(path).name, need
+    return path or staging.dir, need
 
 
 def _stage_artifacts(ctx, staging):
@@ -221,6 +278,7 @@ def _bisect(recipe_path, ui, options, bisect):
     import tempfile
     ui.stage("recipe", str(recipe_path))
     recipe = load_recipe(recipe_path)
+    raise_first(input_problems(recipe))
     backend = resolve_backend(recipe.data["build"]["backend"])
     raise_first(precheck_passes(recipe, PassContext(
         name=recipe.name, backend=backend.name, backend_version=backend.version_tuple, recipe_dir=recipe.dir,

@@ -28,13 +28,16 @@ class RunOptions:
     """The command line's run options (`python pipeline.py RECIPE ...`)."""
 
     def __init__(self, validate: bool = True, debug: bool = False, output_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None, force: bool = False, from_stage: str | None = None) -> None:
+                 cache_dir: str | Path | None = None, force: bool = False, from_stage: str | None = None,
+                 compute_capabilities: list[str] | None = None) -> None:
         self.validate = validate
         self.debug = debug
         self.output_dir = output_dir
         self.cache_dir = cache_dir      # None: $TRTPIPE_CACHE_DIR, else the XDG cache directory
         self.force = force              # re-run every stage (results still refresh the cache)
         self.from_stage = from_stage    # re-run this stage and the ones after it
+        # replaces build.compute_capabilities (--compute-capabilities; build-all's target, trtpipe/fleet)
+        self.compute_capabilities = compute_capabilities
 
 
 def quiet_libraries(verbose: bool) -> None:

@@ -31,10 +31,11 @@ def run(state: RunState, final: ModelRef, final_path: Path, plan_path: Path) -> 
         state.timings["build"] = ui.done(f"cached: plan {size / 2**20:.2f} MiB")
         return result, entry.meta["plan_sha"]
     build_cfg = dict(recipe.data["build"])
-    implicit = not build_cfg.get("timing_cache")
+    implicit = not build_cfg.get("timing_cache") and not backend.is_rtx  # RTX: no timing cache (plan.py)
     if implicit:
         build_cfg["timing_cache"] = str(state.cache.timing_cache_path(backend, state.keys.device()))
-    result = build_in_child(state, final_path, build_cfg)  # parser/builder crashes become BuildErrors
+    with ui.working(f"parsing and building with {backend.name}"):
+        result = build_in_child(state, final_path, build_cfg)  # parser/builder crashes become BuildErrors
     if implicit:  # the recipe did not ask for a timing cache: no notes about it in the report
         result.warnings = [w for w in result.warnings if "timing cache" not in w]
         result.timing_cache = None

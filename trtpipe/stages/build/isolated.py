@@ -66,9 +66,12 @@ class BuildWorker:
         """
         log = log or (lambda msg: None)
         last = "starting the builder"
-        self._conn.send((model_path, build_cfg, locate))
         deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
+            try:
+                self._conn.send((model_path, build_cfg, locate))
+            except (BrokenPipeError, ConnectionResetError, EOFError):  # the child died before the request
+                raise self._crash(last) from None
             while True:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not self._conn.poll(wait if wait is not None else 1.0):

@@ -15,7 +15,6 @@ import contextlib
 import difflib
 import os
 import tempfile
-import textwrap
 import threading
 import time
 import warnings
@@ -25,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from trtpipe.backend import rtx_supported_ccs
+from trtpipe.backend import probe_cuda, rtx_supported_ccs
 from trtpipe.errors import BuildError, OutputError, RecipeError
+from trtpipe.fileguard import disk_full_error, is_disk_full, special_kind
 from trtpipe.recipe.resolved import resolve_build
+from trtpipe.stages.build import options as options_mod
 from trtpipe.stages.build import plugins as plugin_mod
 from trtpipe.stages.build.capture import capture
-from trtpipe.stages.build.errors import build_failure, grab_stderr, parser_failure
+from trtpipe.stages.build.errors import build_failure, grab_stderr, missing_profiles, parser_failure
 from trtpipe.stages.build.result import BuildResult  # re-exported: callers take it from here
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
             pool limit), `optimization_level` (the builder's, 0-5), `profiles` ([{name, inputs:
             {input name: {min, opt, max}}}], one dims list each), `compute_capabilities` (["8.9", ...];
             TensorRT-RTX only, built ahead of time), `plugins` (library paths), `timing_cache`
-            (path or None).
+            (path or None), and the deployment options (stages/build/options.py: max_aux_streams,
+            version_compatible, exclude_lean_runtime, hardware_compatibility_level, refittable,
+            strip_weights, weight_streaming, sparsity, tf32).
         backend: the imported tensorrt or tensorrt_rtx module.
         locate: recipe key path -> "file:line:col", so errors point at the recipe line.
         progress: optional UI whose `phase(name, current, total)` receives the builder's progress
@@ -76,7 +79,8 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
         dims)}]), `memory` ({"activation_bytes", "weights_bytes"} in bytes, when the builder
         printed them), `num_layers` (after parsing), `warnings`, `profiles` (names, in TensorRT's
         order), `timing_cache` (path or None), `reproducible` ("byte-identical" or "not guaranteed
-        by <backend>: <what differs>", see BuildResult).
+        by <backend>: <what differs>", see BuildResult), `deployment` (the deployment options set,
+        key -> value, defaults left out).
 
     Raises:
         BuildError: the model file is missing or unreadable; a plugin library is missing or cannot
@@ -87,7 +91,11 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
             the network lacks, wrong rank, a static dim changed, not min <= opt <= max, a dynamic
             input left out, TensorRT rejected the profile), or a compute capability the backend
             does not support.
-        OutputError: the timing cache cannot be written.
+        OptionError: (a RecipeError and a BuildError; exits with the recipe code) a deployment option
+            the backend lacks (no such flag or attribute in its bindings, or its builder reports it
+            unsupported), or `exclude_lean_runtime` without `version_compatible`.
+        RecipeError: `timing_cache` names a FIFO, device or directory (refused, never replaced).
+        OutputError: the timing cache cannot be written (a disk-full message names the space needed).
     """
     log = log or (lambda msg: None)
     model_path = str(model_path)
@@ -103,9 +111,17 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
         outputs = _tensors(network.num_outputs, network.get_output)
         log(f"network: {network.num_layers} layers, inputs "
             + ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in inputs))
-        config, ccs = _configure(backend, builder, cfg, inputs, model, locate, log)
-        if cfg["timing_cache"]:
-            _load_timing_cache(backend, config, cfg["timing_cache"], notes, log)
+        config, ccs, deployment = _configure(backend, builder, cfg, inputs, model, cap, locate, log)
+        # TensorRT-RTX gets no timing cache: NVIDIA's TensorRT-RTX docs ("Timing Cache Migration") say its
+        # timing-cache calls do not affect the plan and force a GPU query during ahead-of-time builds
+        timing_cache = None if backend.is_rtx else cfg["timing_cache"]
+        if backend.is_rtx and cfg["timing_cache"]:
+            notes.append(f"build.timing_cache {os.path.basename(cfg['timing_cache'])} is not used with "
+                         f"{backend.label}: TensorRT-RTX has no timing cache (it would only force a GPU query "
+                         "during ahead-of-time builds); build.runtime_cache keeps its JIT kernels where a GPU "
+                         "runs the plan")
+        if timing_cache:
+            _load_timing_cache(backend, config, timing_cache, notes, log, locate)
         monitor = _attach_progress(backend.trt, config, progress)
 
         log(f"building with {backend.label}" + (f" for compute capability {', '.join(ccs)}" if ccs else ""))
@@ -114,17 +130,18 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
         if monitor is not None and monitor.error is not None:
             raise monitor.error
         if serialized is None:
-            raise build_failure(cap, network, model, backend, ccs)
+            raise _failure(cap, network, model, backend, ccs, deployment)
         plan = bytes(memoryview(serialized))
         del parser
-        if cfg["timing_cache"]:
-            _save_timing_cache(backend, config, cfg["timing_cache"], locate, log)
+        if timing_cache:
+            _save_timing_cache(backend, config, timing_cache, locate, log)
         return BuildResult(
             plan=plan, backend=backend.name, backend_version=backend.version,
             compute_capabilities=ccs, duration_s=time.perf_counter() - t0,
             inputs=_public(inputs), outputs=_public(outputs), memory=cap.memory or None,
             num_layers=network.num_layers, warnings=notes + cap.warning_list(),
-            profiles=[p["name"] for p in cfg["profiles"]], timing_cache=cfg["timing_cache"])
+            profiles=[p["name"] for p in cfg["profiles"]], timing_cache=timing_cache,
+            deployment=deployment)
 
 
 def _parse(backend, builder, cap, model_path, cfg, locate, log):
@@ -145,12 +162,12 @@ def _parse(backend, builder, cap, model_path, cfg, locate, log):
     with grab_stderr() as printed:
         parsed = parser.parse_from_file(model_path)  # from the file: external data next to it works
     if not parsed:
-        raise BuildError(parser_failure(parser, model, model_path, cap, printed.get("text", "")))
+        raise BuildError(parser_failure(parser, model, model_path, cap, printed.get("text", ""), backend.label))
     notes = [ln for ln in printed.get("text", "").splitlines() if ln.strip()]
     return network, parser, model, notes
 
 
-def _configure(backend, builder, cfg, inputs, model, locate, log):
+def _configure(backend, builder, cfg, inputs, model, cap, locate, log):
     trt = backend.trt
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg["workspace_bytes"]))
@@ -158,7 +175,19 @@ def _configure(backend, builder, cfg, inputs, model, locate, log):
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # memory figures, layer names
     ccs = _set_compute_capabilities(backend, config, cfg["compute_capabilities"], locate, log)
     _add_profiles(builder, config, inputs, cfg["profiles"], _dim_names(model), locate)
-    return config, ccs
+    # deployment options (refit, weight stripping, compatibility, ...): refused where the backend lacks them
+    deployment = options_mod.apply(backend, config, cfg, cap, locate=locate, log=log)
+    return config, ccs, deployment
+
+
+def _failure(cap, network, model, backend, ccs, deployment):
+    """build_failure's error, with a hint naming the deployment option to blame when one is."""
+    err = build_failure(cap, network, model, backend, ccs)
+    ok, info = probe_cuda()
+    hint = options_mod.failure_hint(deployment, cap.error_list(), backend, None if ok else str(info))
+    if hint:
+        err.hint = hint
+    return err
 
 
 def _with_defaults(build_cfg):
@@ -254,12 +283,8 @@ def _add_profiles(builder, config, inputs, profiles, dim_names, locate):
     dynamic = [t for t in inputs if any(d < 0 for d in t["shape"]) or t["is_shape_tensor"]]
     listing = "; ".join(_fmt_input(t, dim_names) for t in inputs)
     if dynamic and not profiles:
-        raise BuildConfigError(
-            f"{_where(locate, ('build', 'profiles'))}the network has dynamic inputs but build.profiles is empty; "
-            "TensorRT needs an optimization profile giving min/opt/max shapes for each: "
-            + "; ".join(_fmt_input(t, dim_names) for t in dynamic),
-            hint="add to the recipe (the 1/1/8 on dynamic axes are placeholders: use the shapes you will run):\n"
-                 + textwrap.indent(_example_yaml(dynamic), "    "))
+        text, hint = missing_profiles(dynamic, lambda t: _fmt_input(t, dim_names))  # shapes vs shape-tensor values
+        raise BuildConfigError(f"{_where(locate, ('build', 'profiles'))}{text}", hint=hint)
     for i, prof in enumerate(profiles):
         tprof = builder.create_optimization_profile()
         for name, dims in prof["inputs"].items():
@@ -305,14 +330,6 @@ def _check_dims(pname, t, dims, where, dim_names):
                                    f"min={lo[axis]}, opt={opt[axis]}, max={hi[axis]}")
 
 
-def _example_yaml(dynamic):
-    lines = ["build:", "  profiles:", "    - name: default", "      inputs:"]
-    for t in dynamic:
-        pick = lambda dyn: [dyn if d < 0 else d for d in t["shape"]]  # noqa: E731
-        lines.append(f"        {t['name']}: {{min: {pick(1)}, opt: {pick(1)}, max: {pick(8)}}}")
-    return "\n".join(lines)
-
-
 def _set_compute_capabilities(backend, config, ccs, locate, log):
     if not backend.is_rtx:
         log("tensorrt builds for the local GPU; build.compute_capabilities applies to tensorrt_rtx only")
@@ -343,7 +360,21 @@ def _quiet(backend):
         yield
 
 
-def _load_timing_cache(backend, config, path, notes, log):
+def _timing_cache_problem(path, locate):
+    """A timing cache is read, then replaced: it must be a regular file, or not exist yet. A FIFO,
+    a device or a directory there is refused, never read (it could block) nor replaced."""
+    kind = special_kind(path)
+    if kind in (None, "missing"):
+        return None
+    return RecipeError(f"{_where(locate, ('build', 'timing_cache'))}timing cache {path} is {kind}, not a regular "
+                       "file; it is read before and replaced after the build, so it must be a regular file or "
+                       "not exist yet", hint="point build.timing_cache at a file (created if missing)")
+
+
+def _load_timing_cache(backend, config, path, notes, log, locate=None):
+    problem = _timing_cache_problem(path, locate)
+    if problem is not None:
+        raise problem
     data = b""
     if os.path.isfile(path):
         with open(path, "rb") as fh:
@@ -368,13 +399,24 @@ def _load_timing_cache(backend, config, path, notes, log):
 def _save_timing_cache(backend, config, path, locate, log):
     with _quiet(backend):
         blob = bytes(memoryview(config.get_timing_cache().serialize()))
+    problem = _timing_cache_problem(path, locate)  # it may have changed during the build
+    if problem is not None:
+        raise problem
+    tmp = None
     try:  # atomic: a crash mid-write must not leave a truncated cache for the next build
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".timing-", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(exc, path, len(blob), "the timing cache") from None
         raise OutputError(f"{_where(locate, ('build', 'timing_cache'))}cannot write timing cache "
                           f"{path}: {exc}") from None
+    finally:
+        if tmp is not None:  # never leave a .timing-*.tmp behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     log(f"timing cache {path}: saved {len(blob)} bytes")

@@ -3,7 +3,8 @@
 TensorRT's ONNX parser hands any op it does not import itself to the plugin registry, looking up
 the op type as the plugin name (version/namespace from the node's `plugin_version` and
 `plugin_namespace` attributes). Checking that up front gives one clear message per missing
-plugin instead of the parser's "Plugin not found" assertion.
+plugin instead of the parser's "Plugin not found" assertion. Creators with their fields, for the
+checks made before any conversion and `python pipeline.py plugins`, are in plugin_fields.py.
 
 TensorRT objects (builder, parser, logger, plugin registries) are typed `Any`: they come from
 whichever of `tensorrt` / `tensorrt_rtx` the Backend imported, and neither need be installed.
@@ -20,6 +21,7 @@ import onnx
 import onnx.defs
 
 from trtpipe.errors import BuildError
+from trtpipe.fileguard import not_a_file
 
 if TYPE_CHECKING:
     from trtpipe.backend import Backend
@@ -50,14 +52,16 @@ def load_libraries(paths: Sequence[str], registry: Any, captured_errors: Callabl
     """
     for i, path in enumerate(paths):
         where = location_prefix(locate, ("build", "plugins", i)) + f"build.plugins[{i}]: "
-        if not os.path.isfile(path):
-            raise BuildError(f"{where}plugin library {path} does not exist")
+        if not os.path.isfile(path):  # a FIFO or device is named as such, never opened
+            raise BuildError(f"{where}{not_a_file(path, 'plugin library') or f'plugin library {path} does not exist'}")
         if registry.load_library(path) is None:
             raise BuildError(f"{where}plugin library {path} could not be loaded: "
-                             f"{_dlopen_reason(path, captured_errors())}")
+                             f"{dlopen_reason(path, captured_errors())}")
 
 
-def _dlopen_reason(path, errors):
+def dlopen_reason(path: str, errors: Sequence[str]) -> str:
+    """Why a plugin library did not load: dlopen's own reason (e.g. a missing libcuda.so.1), else
+    the last registry errors, else a generic word."""
     try:
         ctypes.CDLL(path)  # dlerror() is the precise reason (e.g. a missing libcuda.so.1)
     except OSError as exc:
@@ -149,22 +153,3 @@ def location_prefix(locate: Callable[[tuple], str] | None, path: tuple) -> str:
         return ""
     return f"{loc}: " if loc else ""
 
-
-def backend_plugins(backend: Backend) -> dict[tuple[str, str], set[str]]:
-    """{(name, namespace): versions} the backend provides without extra libraries (for prechecks)."""
-    trt = backend.trt
-    if hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.ERROR), "")
-    return available_creators([trt.get_plugin_registry()])
-
-
-def require_plugin(backend: Backend, name: str, version: str = "1", namespace: str = "") -> None:
-    """BuildError naming the plugin and backend when the backend lacks it."""
-    creators = backend_plugins(backend)
-    versions = creators.get((name, namespace), set())
-    if versions and (not version or version in versions):
-        return
-    have = ", ".join(sorted(n for n, _ in creators)) or "none"
-    raise BuildError(f"plugin '{name}' version {version} is not provided by backend {backend.label} "
-                     f"(it has: {have})",
-                     hint="load a library that provides it via build.plugins, or choose a backend that ships it")

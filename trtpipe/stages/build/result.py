@@ -25,6 +25,7 @@ class BuildResult:
     # "byte-identical", or "not guaranteed by <backend>: <what differs>"; derived from the backend
     # and the input shapes when not given (a cached build passes back what it recorded).
     reproducible: str | None = None
+    deployment: dict = field(default_factory=dict)  # deployment options set (stages/build/options.py)
 
     def __post_init__(self):
         if self.reproducible is None:

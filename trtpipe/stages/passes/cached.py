@@ -40,7 +40,7 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
         entry = state.lookup("pass", key, label,
                              verify=[f"artifacts/{n}" for n in cache.pass_artifact_names(key)])
         if entry is not None:
-            ui.step(f"{label} {item['pass']} [dim](cached)[/]")
+            ui.step(_step_line(label, item["pass"], entry.meta["stats"], "cached"))
             _restore(entry, ctx, staging, ui)
             stats.append(entry.meta["stats"])
             cur, cached = ModelRef(entry.meta["model_sha"], entry), cached + 1
@@ -50,7 +50,9 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
         state.quiet()
         before = ctx_state(ctx, cache.hasher)["artifacts"]
         notes = len(ctx.notes)
-        model, one = run_passes(cur.load(), _OnePass(recipe, index, item), ctx, progress=ui)
+        with ui.working(f"{label} {item['pass']}"):
+            model, one = run_passes(cur.load(), _OnePass(recipe, index, item), ctx)
+        ui.step(_step_line(label, item["pass"], one[0], "ran"))
         after = ctx_state(ctx, cache.hasher)
         new = sorted(n for n, sha in after["artifacts"].items() if before.get(n) != sha)
         with cache.writer("pass", key) as w:
@@ -67,6 +69,17 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
     note = f" ({cached} cached)" if cached and cached < len(stats) else " (cached)" if cached else ""
     state.timings["passes"] = ui.done(f"{source_nodes} -> {n_after} nodes{note}")
     return cur, stats
+
+
+def _step_line(label, name, stats, status):
+    """`passes[3] nms  221 -> 169 nodes (-52)  0.17s`, or `passes[3] nms (cached)  221 -> 169 nodes
+    (-52)` (rich markup; the name escaped)."""
+    from rich.markup import escape
+    before, after = stats["nodes_before"], stats["nodes_after"]
+    cached = status == "cached"
+    warned = f" [yellow]{len(stats['warnings'])} warning(s)[/]" if stats.get("warnings") else ""
+    return (f"{label} {escape(name)}{' [dim](cached)[/]' if cached else ''}  {before} -> {after} nodes "
+            f"({after - before:+d})" + ("" if cached else f"  [dim]{stats['duration_s']:.2f}s[/]") + warned)
 
 
 def _restore(entry, ctx, staging, ui):

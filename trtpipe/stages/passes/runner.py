@@ -58,7 +58,7 @@ def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
 
     Returns:
         (final model, one stats dict per pass: pass, index, params, duration_s, nodes/ops before
-        and after).
+        and after, warnings and notes (ctx.warn / ctx.log)).
 
     Raises:
         PassError: a pass failed (any exception, named with its recipe line) or left a graph that
@@ -74,12 +74,13 @@ def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
             progress.step(label)
         before = op_histogram(model)
         start = time.perf_counter()
-        warned = len(ctx.warnings)
+        warned, noted = len(ctx.warnings), len(ctx.notes)
         graph = gs.import_onnx(model)
         try:
             graph = info.func(graph, item["params"], ctx)
-        except PipelineError as err:
-            err.message = f"{where}: {label}: {err.message}"
+        except PipelineError as err:  # located at the parameter the error names (key_path), if any
+            at = recipe.locate(("passes", index, *err.key_path)) if getattr(err, "key_path", None) else where
+            err.message = f"{at}: {label}: {err.message}"
             raise
         except (Exception, SystemExit) as err:  # a pass bug, a graph it cannot handle, or a pass calling
             # sys.exit(): the run must not end silently; name the pass and recipe line
@@ -92,6 +93,7 @@ def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
             "nodes_before": sum(before.values()), "nodes_after": len(model.graph.node),
             "ops_before": before, "ops_after": op_histogram(model),
             "warnings": ctx.warnings[warned:],
+            "notes": [n for n in ctx.notes[noted:] if n not in ctx.warnings[warned:]],  # ctx.log: e.g. what was removed
         })
     return model, stats
 

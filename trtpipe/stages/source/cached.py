@@ -35,7 +35,8 @@ def run(state: RunState, source_path: Path) -> tuple[types.SimpleNamespace, Mode
     if state.will_build:
         state.build_worker = state.build_worker or BuildWorker.start(state.backend.name)
     state.quiet()
-    loaded = load_source(src, locate=recipe.locate, log=ui.detail)
+    with ui.working("converting with tf2onnx" if src.get("saved_model") else "loading and checking the model"):
+        loaded = load_source(src, locate=recipe.locate, log=ui.detail)
     with state.cache.writer("source", key) as w:
         sha = w.save_model(loaded.model)
         w.meta = {"model_sha": sha, "kind": loaded.kind, "opset": loaded.opset, "versions": loaded.versions,

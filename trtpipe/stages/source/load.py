@@ -3,8 +3,10 @@
 An ONNX file is loaded with its external data; a TF SavedModel is converted in-process by tf2onnx
 (trtpipe/tf_convert.py; TensorFlow is imported only then: it costs seconds). Either way the graph
 is then checked for op types its opset does not define (tf2onnx leaves TF ops it cannot convert
-in place and carries on) and by onnx.checker (trtpipe/onnx_check.py), so later stages get an
-ONNX graph, not a half-converted one.
+in place and carries on), by onnx.checker and strict shape inference (trtpipe/graph/check.py), and
+against what the installed onnx / ONNX Runtime read (IR version, opsets) and what a TensorRT network
+can take (tensor inputs and outputs; support.py), so later stages get an ONNX graph they can run,
+not a half-converted one.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from trtpipe.errors import SourceError, did_you_mean
+from trtpipe.fileguard import not_a_file
 from trtpipe.graph.check import all_graphs, check_model, opset_version, relaxed_for_checker
+from trtpipe.stages.source.support import check_io_types, check_tf2onnx_opset, check_versions, tf2onnx_max_opset
 
 # relaxed_for_checker: transform.py and precision.py import it from here
 __all__ = ["IOSpec", "SourceResult", "load_source", "relaxed_for_checker", "did_you_mean"]
@@ -71,9 +75,12 @@ def load_source(source_cfg: dict, *, locate: Callable[[tuple], str] | None = Non
         SourceError: not exactly one of `onnx:` / `saved_model:`; the path is missing (with a
             did-you-mean), of the wrong kind, not a valid ONNX model or SavedModel, or its external
             data is missing or unreadable; an unknown tag set, signature or tensor name;
-            TensorFlow/tf2onnx missing or an untested tf2onnx version; tf2onnx failed; the graph
-            has op types its opsets do not define (TF ops tf2onnx left unconverted included);
-            onnx.checker rejected it.
+            TensorFlow/tf2onnx missing or an untested tf2onnx version; `opset` above what the
+            installed tf2onnx converts to; tf2onnx failed; an IR version or opset newer than the
+            installed onnx or ONNX Runtime read (stages/source/support.py); graph inputs/outputs
+            that are not tensors (sequences, optionals, maps); op types its opsets do not define
+            (TF ops tf2onnx left unconverted included); onnx.checker or strict shape inference
+            rejected it.
     """
     t0 = time.perf_counter()
     timings, versions = {}, {"onnx": onnx.__version__}
@@ -122,7 +129,11 @@ def _iospec(value_info):
 
 
 def _check(model, path, where, what, hint, unconverted, log, timings):
+    """What the installed tools can read (IR version, opsets, tensor I/O), then the op check,
+    onnx.checker and strict shape inference (graph/check.py)."""
     t = time.perf_counter()
+    check_versions(model, where, what)
+    check_io_types(model, where, what)
     check_model(model, path, where, what, hint, unconverted, log)
     timings["check"] = time.perf_counter() - t
 
@@ -143,6 +154,8 @@ def _load_onnx_file(path, where):
         saved = os.path.exists(os.path.join(path, "saved_model.pb"))
         raise SourceError(f"{where}: {path} is a directory, not an .onnx file",
                           hint="it holds a SavedModel: use `saved_model:` instead" if saved else None)
+    if not_a_file(path):  # a FIFO would block the read, /dev/zero never end it
+        raise SourceError(f"{where}: {not_a_file(path)}")
     try:
         model = onnx.load(path, load_external_data=False)   # external data below, with a clearer message
     except Exception as err:    # protobuf DecodeError and friends
@@ -151,7 +164,17 @@ def _load_onnx_file(path, where):
         raise SourceError(f"{where}: {path}: not a valid ONNX model: no ir_version or graph "
                           "(empty file, or some other protobuf)")
     base = os.path.dirname(path)
-    locations = {t.name: ExternalDataInfo(t).location for t in _tensors(model) if uses_external_data(t)}
+    locations = {}
+    for t in _tensors(model):
+        if uses_external_data(t):
+            try:
+                locations[t.name] = ExternalDataInfo(t).location
+            except ValueError as err:   # onnx checks offset/length: negative, or not a number
+                raise SourceError(f"{where}: {path}: tensor {t.name!r} has invalid external data "
+                                  f"({', '.join(f'{e.key}={e.value!r}' for e in t.external_data)}): {err}") from err
+    special = sorted({not_a_file(os.path.join(base, loc), "external data file") for loc in locations.values()} - {None})
+    if special:
+        raise SourceError(f"{where}: " + "; ".join(special))
     missing = {name: loc for name, loc in locations.items() if not os.path.isfile(os.path.join(base, loc))}
     if missing:
         files, example = ", ".join(sorted(set(missing.values()))), next(iter(missing))
@@ -176,7 +199,10 @@ def _convert_saved_model(cfg, locate, log, timings, versions):
                           hint="for an .onnx file use `onnx:`" if os.path.isfile(path) else None)
     from trtpipe.stages.source.tf_convert import convert_saved_model  # here: tf_convert imports did_you_mean from us
     opset = cfg.get("opset", 17)
-    hint = f"try a higher `source.opset` (now {opset}, up to 21), or replace these TF ops in the model"
+    check_tf2onnx_opset(opset, _loc(locate, "opset"))     # before TensorFlow is imported (seconds)
+    top = (tf2onnx_max_opset() or ("", 18))[1]
+    hint = (f"try a higher `source.opset` (now {opset}, up to {top} with the installed tf2onnx), or replace these "
+            "TF ops in the model" if opset < top else "replace these TF ops in the model")
     with tempfile.TemporaryDirectory(prefix="trtpipe-source-") as tmp:
         model, onnx_path, unconverted = convert_saved_model(
             path, cfg, functools.partial(_loc, locate), log, timings, versions, large_dir=tmp)

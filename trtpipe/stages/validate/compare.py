@@ -28,13 +28,15 @@ from polygraphy.comparator import Comparator
 from trtpipe.errors import BuildError, RecipeError, ValidationError, suggest
 from trtpipe.recipe.precision import normalize
 from trtpipe.recipe.resolved import resolve_validate
-from trtpipe.stages.validate import informative
+from trtpipe.stages.validate import informative, plugin_cut
 from trtpipe.stages.validate.corners import concat_feeds, concat_outputs, data_config, profile_corners
 from trtpipe.stages.validate.data import apply_contract, cut_inputs, make_source_feeds, model_io, quiet_polygraphy
 from trtpipe.stages.validate.outputs import (
     ENGINE,
     FINAL,
+    POST,
     SOURCE,
+    check_reference_finite,
     compare_outputs,
     inner_tensors,
     match_detections,
@@ -44,6 +46,7 @@ from trtpipe.stages.validate.outputs import (
     skip_reason,
     tolerance,
 )
+from trtpipe.stages.validate.parameters import find_parameters, keep_values, shape_profiles
 from trtpipe.stages.validate.table import print_table as print_table  # re-exported: callers print from here
 
 if TYPE_CHECKING:
@@ -102,8 +105,11 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
 
     Raises:
         ValidationError: a comparison failed (the dict above is its `.result`); an output name in
-            `validate` that neither model has; ONNX Runtime could not run a model; the data could
-            not be read or does not fit the inputs or the input contract.
+            `validate` that neither model has; the data could not be read or does not fit the
+            inputs or the input contract.
+        ValidationNotRunError (a ValidationError, exit code 10): ONNX Runtime could not run a model
+            (an op, type or opset it lacks); no data can be made for an input (a parameter input
+            such as TopK's `K` or a string input without given values, a bfloat16/float8/int4 input).
         RecipeError: `precision` is not a valid precision value.
     """
     precision = normalize(precision)["mode"]
@@ -118,9 +124,16 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
     fin_in, fin_out = model_io(final_model_path)
     src_tensors = inner_tensors(source_model_path)
     _check_names(cfg, src_out, fin_out, src_tensors, locate)
+    # TensorRT plugin nodes: ONNX Runtime runs the final model cut before them (outputs depending on
+    # them are engine only) unless validate.ort_custom_ops implements them (plugin_cut.py).
+    plugins = plugin_cut.ort_view(final_ort_path or final_model_path, cfg["ort_custom_ops"],
+                                  set(src_tensors) | set(src_out), base_dir=base_dir, locate=locate)
 
     contract = input_contract or {}
-    feeds, data = make_source_feeds(cfg["data"], src_in, contract, base_dir=base_dir, locate=locate)
+    # Inputs whose values act as shapes or attributes get no random data (parameters.py).
+    params = find_parameters(source_model_path)
+    feeds, data = make_source_feeds(cfg["data"], src_in, contract, base_dir=base_dir, locate=locate,
+                                    parameters=params)
     data["coverage"] = informative.input_coverage(feeds, cfg["data"], contract)
     log(f"validate: {data['kind']} data, {len(feeds)} iteration(s)")
     # Final inputs cut from inside the source (set_outputs) are fed the source's own values.
@@ -129,39 +142,53 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
     # Final outputs that are tensors inside the source (a cut by set_outputs, nms split at named
     # tensors, rename): the source exposes them as extra outputs, so they are compared for real.
     cut = [s for s in dict.fromkeys(omap.get(f, f) for f in fin_out) if s not in src_out and s in src_tensors]
-    src_outputs = list(dict.fromkeys(list(src_out) + inner + cut)) if inner or cut else None
+    extra = [t for t in plugins.compare if t not in src_out]  # what reaches the plugins
+    src_outputs = list(dict.fromkeys(list(src_out) + inner + cut + extra)) if inner or cut or extra else None
     src_run = run_ort(source_model_path, SOURCE, feeds, src_outputs)
+    check_reference_finite(src_run, cfg, src_out, where)  # NaN in the reference: the data is the problem
     inner_values = [{t: it[t] for t in inner} for it in list(src_run.values())[0]]
     final_feeds = [apply_contract({**f, **v}, contract, fin_in) for f, v in zip(feeds, inner_values)]
     # `final_ort_path`: what ONNX Runtime runs for the final model when it cannot run the model
     # itself (bf16/fp16 emulated in fp32: ORT's CPU kernels lack bf16 Conv and compute fp16 in fp32).
-    fin_run = run_ort(final_ort_path or final_model_path, FINAL, final_feeds, optimize=final_ort_optimize)
+    fin_run = run_ort(plugins.model_path, FINAL, final_feeds, optimize=final_ort_optimize,
+                      custom_ops=plugins.custom_ops)
 
     tol_for = lambda name, source_name=None: tolerance(cfg, tolerances, name, source_name)  # noqa: E731
-    pairs, entries = plan_outputs(cfg, fin_out, src_out, omap, postprocess, cut)
+    pairs, entries = plugin_cut.around_plugins(plugins, *plan_outputs(cfg, fin_out, src_out, omap, postprocess, cut))
     main = compare_outputs(f"{SOURCE} vs {FINAL}", fin_run, src_run, pairs, entries, tol_for, cfg)
     result = {"status": None, "reason": None, "data": data, "tolerances": tolerances, "comparisons": [main]}
+    if plugins.nodes:
+        result["plugins"] = plugins.as_result()
     shown = {n: list(a.shape) for n, a in final_feeds[0].items()} if final_feeds else None
     corner_runs = []  # (label, final feed, final-ort run) for the engine comparison at each corner
+    profiles, notes = shape_profiles(profiles, params, contract)  # a shape tensor's profile holds values
+    if notes:
+        main["note"] = "; ".join(notes)
     for corner in profile_corners(profiles, contract, src_in, fin_in, compared=shown):
         comp, ran = _at_corner(
-            corner, cfg, source_model_path, final_ort_path or final_model_path, final_ort_optimize, src_in, fin_in,
-            contract, src_outputs, pairs, entries, tol_for, base_dir, locate)
+            corner, cfg, source_model_path, plugins.model_path, final_ort_optimize, src_in, fin_in,
+            contract, src_outputs, pairs, entries, tol_for, base_dir, locate, params, custom_ops=plugins.custom_ops)
         result["comparisons"].append(comp)
         if ran:
             corner_runs.append((corner.label, *ran))
-    if postprocess:
-        result["detections"] = _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances)
-    elif main["status"] == "skipped" and not all(skip_reason(cfg, f, omap.get(f, f)) for f in fin_out):
+    if postprocess and postprocess.get("kind") == "outputs":  # split_postprocess: element-wise
+        result["comparisons"].append(_postprocessed(postprocess, final_model_path, fin_run, src_run, tol_for, cfg))
+    elif postprocess:
+        result["detections"] = _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances,
+                                          omap)
+    elif main["status"] == "skipped" and not all(skip_reason(cfg, f, omap.get(f, f)) or f in plugins.engine_only
+                                                 for f in fin_out):
         # Nothing paired up: an unrecorded rename, not something to pass silently.
         main.update(status="failed", reason=f"no output of the final model {list(fin_out)} corresponds to an "
                                             f"output of the source model {list(src_out)}; map them with "
                                             f"validate.output_map or skip them with a reason (validate.skip)")
-    engine = _engine(cfg, backend, plan_path, compute_capabilities, final_feeds, fin_run, fin_out, omap, tol_for)
+    engine = _engine(cfg, backend, plan_path, compute_capabilities, final_feeds, fin_run, fin_out, omap, tol_for,
+                     engine_only=(plugins.engine_only, src_run))
     result["comparisons"].append(engine)
     if engine["status"] != "skipped":  # where a GPU runs the plan: at every profile corner too
         result["comparisons"] += [_engine(cfg, backend, plan_path, compute_capabilities, [feed], run, fin_out, omap,
-                                          tol_for, label=label) for label, feed, run in corner_runs]
+                                          tol_for, label=label, engine_only=(plugins.engine_only, None))
+                                  for label, feed, run in corner_runs]
     return _finish(result, where, log)
 
 
@@ -183,7 +210,7 @@ def _check_names(cfg, src_out, fin_out, src_tensors, locate):
 
 
 def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin_in, contract, src_outputs,
-               pairs, entries, tol_for, base_dir, locate):
+               pairs, entries, tol_for, base_dir, locate, params, custom_ops=()):
     """source vs final at one profile corner (corners.py), on seeded random data."""
     from polygraphy.comparator import IterationResult, RunResults
     name = f"{SOURCE} vs {FINAL} at {corner.label}"
@@ -191,14 +218,15 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
         return {"name": name, "status": "inconclusive", "uncompared": True,
                 "reason": f"cannot compare at this profile corner: {corner.problem}; narrow the profile, or "
                           f"validate at shapes the source model accepts"}, None
-    data = data_config(corner, cfg["data"], cfg["data"].get("seed", 1), contract)
-    feeds, _ = make_source_feeds(data, src_in, contract, base_dir=base_dir, locate=locate)
+    data = keep_values(data_config(corner, cfg["data"], cfg["data"].get("seed", 1), contract), cfg["data"], contract)
+    feeds, _ = make_source_feeds(data, src_in, contract, base_dir=base_dir, locate=locate, parameters=params)
     src_run = run_ort(source_path, SOURCE, feeds, src_outputs)
+    check_reference_finite(src_run, cfg, model_io(source_path)[1], f"{name}: ")
     batch = next(iter(corner.source_shapes.values()))[0] if corner.source_shapes else 1
     outputs, unassembled = concat_outputs(list(src_run.values())[0], batch)
     joined = RunResults([(SOURCE, [IterationResult(outputs, runner_name=SOURCE)])])
     final_feed = apply_contract(concat_feeds(feeds), contract, fin_in)
-    fin_run = run_ort(final_path, FINAL, [final_feed], optimize=final_optimize)
+    fin_run = run_ort(final_path, FINAL, [final_feed], optimize=final_optimize, custom_ops=custom_ops)
     if unassembled:  # those outputs are not compared here; the rest are
         pairs = {f: s for f, s in pairs.items() if s not in unassembled}
         entries = [dict(e, status="skipped", reason=unassembled[e["source_output"]])
@@ -229,11 +257,31 @@ def _run_outputs(run):
     return set(list(run.values())[0][0].keys())
 
 
-def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances):
+def _postprocessed(postprocess, final_model_path, fin_run, src_run, tol_for, cfg):
+    """final-ort + post-processing (split_postprocess) against the source's outputs, element-wise."""
+    from polygraphy.comparator import IterationResult, RunResults
+    pp_path = Path(postprocess["file"])
+    pp_path = pp_path if pp_path.is_absolute() else Path(final_model_path).parent / pp_path
+    cand = RunResults([(POST, [IterationResult(it, runner_name=POST) for it in
+                               run_postprocess(pp_path, postprocess, fin_run)])])
+    names = list(postprocess["outputs"].values())
+    entries = [{"output": s, "source_output": s, "status": "pending", "reason": None} for s in names]
+    return compare_outputs(f"{SOURCE} vs {FINAL} + {POST}", cand, src_run, {s: s for s in names}, entries,
+                           tol_for, cfg)
+
+
+def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances, omap=None):
+    omap = omap or {}
     pp_path = Path(postprocess["file"])
     pp_path = pp_path if pp_path.is_absolute() else Path(final_model_path).parent / pp_path
     cand = run_postprocess(pp_path, postprocess, fin_run)
     ref = list(src_run.values())[0]
+    if postprocess.get("settings"):
+        # `nms: split` changed NMS settings: the source's own outputs hold the old settings' detections.
+        # The reference is the post-processing model on the source's tensors at the cut (exposed as
+        # inner outputs), so the engine is what is compared, under the new settings on both sides.
+        on_source = {**postprocess, "inputs": {i: omap.get(f, f) for i, f in postprocess["inputs"].items()}}
+        ref = run_postprocess(pp_path, on_source, src_run)
     missing = [s for s in postprocess["outputs"].values() if s not in ref[0].keys()]
     if missing:
         return {"status": "failed", "reason": f"the source model has no output(s) {missing} to compare the "
@@ -241,8 +289,12 @@ def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision,
     return match_detections(ref, cand, postprocess, cfg)
 
 
-def _engine(cfg, backend, plan_path, ccs, final_feeds, fin_run, fin_out, omap, tol_for, label=None):
+def _engine(cfg, backend, plan_path, ccs, final_feeds, fin_run, fin_out, omap, tol_for, label=None, engine_only=None):
+    """engine vs final-ort where a GPU runs the plan. `engine_only`: (plugin_cut's engine_only outputs, the source
+    run): those outputs have no final-ort values, so the engine's are compared with the source's (engine vs
+    source-ort), or skipped where no source run is given (profile corners)."""
     name = f"{ENGINE} vs {FINAL}" + (f" at {label}" if label else "")
+    only, src_run = engine_only or ({}, None)
     skipped = lambda why: {"name": name, "status": "skipped", "reason": why}  # noqa: E731
     if not cfg["engine"]:
         return skipped("validate.engine is false")
@@ -251,9 +303,9 @@ def _engine(cfg, backend, plan_path, ccs, final_feeds, fin_run, fin_out, omap, t
         backend = resolve_backend(backend or "auto") if backend is None or isinstance(backend, str) else backend
     except BuildError as err:
         return skipped(f"no TensorRT runtime: {err}")
-    ok, why = has_runtime_gpu(backend, ccs)
+    ok, device = has_runtime_gpu(backend, ccs)
     if not ok:
-        return skipped(why)
+        return skipped(device)
     if not plan_path or not Path(plan_path).is_file():
         return skipped("no plan to run (validation ran before the build)")
     try:
@@ -263,7 +315,7 @@ def _engine(cfg, backend, plan_path, ccs, final_feeds, fin_run, fin_out, omap, t
             run = Comparator.run([TrtRunner(EngineFromBytes(BytesFromPath(str(plan_path))), name=ENGINE)],
                                  data_loader=final_feeds)
     except Exception as err:
-        return {"name": name, "status": "failed", "reason": f"the plan could not run on {why}: "
+        return {"name": name, "status": "failed", "reason": f"the plan could not run on {device}: "
                                                             f"{type(err).__name__}: {err}"}
     # Same outputs on both sides; only the recipe's skips apply.
     entries = [{"output": f, "source_output": omap.get(f, f), "status": "pending", "reason": None} for f in fin_out]
@@ -271,10 +323,19 @@ def _engine(cfg, backend, plan_path, ccs, final_feeds, fin_run, fin_out, omap, t
         why = skip_reason(cfg, e["output"], e["source_output"])
         if why:
             e.update(status="skipped", reason=f"skipped by validate.skip: {why}")
-    pairs = {e["output"]: e["output"] for e in entries if e["status"] == "pending"}
-    out = compare_outputs(name, run, fin_run, pairs, entries, lambda f, s=None: tol_for(f, omap.get(f, f)), cfg,
-                          check=[run])
-    out["device"] = why
+    pairs = {e["output"]: e["output"] for e in entries if e["status"] == "pending" and e["output"] not in only}
+    out = compare_outputs(name, run, fin_run, pairs, [e for e in entries if e["output"] not in only],
+                          lambda f, s=None: tol_for(f, omap.get(f, f)), cfg, check=[run])
+    theirs = [dict(e, engine_checked=True) for e in entries if e["output"] in only and e["status"] == "pending"]
+    if theirs and src_run is not None:  # plugin outputs: the engine against the source itself
+        vs_source = compare_outputs(f"{ENGINE} vs {SOURCE}", run, src_run, {e["output"]: e["source_output"]
+                                    for e in theirs}, theirs, tol_for, cfg, check=[run])
+        out["outputs"] += vs_source["outputs"]
+        out["status"], out["reason"] = informative.comparison_status(out["outputs"])
+    elif theirs:
+        out["outputs"] += [dict(e, status="skipped", engine_checked=False, reason="engine only: compared with the "
+                                "source at the main shape only") for e in theirs]
+    out["device"] = device
     return out
 
 

@@ -12,7 +12,9 @@ Input specs (`source_inputs`, `final_inputs`, what model_io returns) are
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import os
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,7 +27,9 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import DataLoader
 from polygraphy.logger import G_LOGGER
 
-from trtpipe.errors import ValidationError, suggest
+from trtpipe.errors import RecipeError, ValidationError, ValidationNotRunError, suggest
+from trtpipe.fileguard import not_a_file, special_kind
+from trtpipe.stages.validate.parameters import check_feedable, describe_value, given_value
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _ARITH = {"mul": np.multiply, "add": np.add, "sub": np.subtract, "div": np.divide}
@@ -72,6 +76,12 @@ def graph_io(graph: onnx.GraphProto) -> tuple[OrderedDict[str, tuple[np.dtype, l
             if skip_initializers and v.name in inits:
                 continue
             t = v.type.tensor_type
+            if v.type.WhichOneof("value") != "tensor_type" or not t.elem_type:
+                role = "input" if skip_initializers else "output"
+                raise ValidationNotRunError(
+                    f"graph {role} '{v.name}' of graph '{graph.name}' is not a tensor "
+                    f"({v.type.WhichOneof('value') or 'no type'}{'' if t.elem_type else ', no element type'}): "
+                    f"validation feeds and compares tensors only")
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
             out[v.name] = (np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
         return out
@@ -101,10 +111,11 @@ def _source_key(key, source_inputs, contract, where):
 def _data_shape(name, dims, override, contract):
     """Static shape for source input `name`: the recipe's, else the contract's (its dynamic dims
     filled from the model's static ones), else the model's. A dynamic leading (batch) dimension
-    becomes 1; any other dynamic dimension must come from the recipe (None is returned)."""
+    becomes 1; any other dynamic dimension must come from the recipe (None is returned). A fixed
+    dimension of size 0 is static (an empty tensor), not dynamic."""
     if override:
         return list(override)
-    static = lambda d: isinstance(d, int) and d > 0  # noqa: E731
+    static = lambda d: isinstance(d, int) and d >= 0  # noqa: E731
     shape = list(dims or [])
     for entry in contract.values():
         given = entry.get("shape")
@@ -120,17 +131,32 @@ def _data_shape(name, dims, override, contract):
 def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, list[int | None]]],
                       contract: dict[str, dict], *, base_dir: str | Path | None = None,
                       locate: Callable[[tuple], str] | None = None,
+                      parameters: dict[str, list[str]] | None = None,
                       ) -> tuple[list[OrderedDict[str, np.ndarray]], dict[str, Any]]:
     """List of feed dicts for the source model, plus a JSON-able description of the data.
 
+    Args:
+        data_cfg: the resolved `validate.data` section.
+        source_inputs: the source model's inputs (model_io).
+        contract: the input contract (docs/architecture.md).
+        base_dir: what relative data paths are relative to (the recipe's directory).
+        locate: recipe key path -> "file:line:col", for messages.
+        parameters: {source input: [what it feeds]} of inputs whose values act as shapes or
+            attributes (graph.inputs.parameter_inputs): they get no random data, only values the
+            recipe gives (`validate.data.npz`, `validate.data.inputs.<name>.value`).
+
     Raises:
         ValidationError: a data key names no source input; no static shape is known for a
-            dynamic input; the .npz or images cannot be read or do not fit the inputs.
+            dynamic input; the .npz or images cannot be read or do not fit the inputs; a given
+            `value` does not fit its input.
+        ValidationNotRunError: no data can be made for an input: a parameter input without given
+            values, or a type validation cannot feed (bfloat16, float8, int4, float4, string).
     """
     loc = (lambda *p: locate(("validate", "data") + p) + ": ") if locate else (lambda *p: "")
     per_input = {}
     for key, spec in (data_cfg.get("inputs") or {}).items():
         per_input[_source_key(key, source_inputs, contract, loc("inputs", key) + "validate.data.inputs")] = spec
+    check_feedable(source_inputs, per_input, parameters or {}, bool(data_cfg.get("npz")), loc)
     base = Path(base_dir or ".")
     if data_cfg.get("npz"):
         feeds = _load_npz(base / data_cfg["npz"], source_inputs, loc("npz"))
@@ -138,9 +164,13 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
 
     images = data_cfg.get("images")
     image_input = (images.get("input") or _image_input(source_inputs, loc("images"))) if images else None
-    shapes, metadata, ranges = {}, TensorMetadata(), {}
+    shapes, metadata, ranges, given = {}, TensorMetadata(), {}, {}
     for name, (dtype, dims) in source_inputs.items():
         spec = per_input.get(name, {})
+        if "value" in spec:  # exact values (parameter inputs), the same in every iteration
+            given[name] = given_value(name, spec["value"], dtype, dims, loc("inputs", name))
+            shapes[name] = list(given[name].shape)
+            continue
         shape = _data_shape(name, dims, spec.get("shape"), contract)
         if shape is None and name == image_input and images.get("size") and len(dims) == 4:
             # A dynamic image input (TF-OD's [1, ?, ?, 3]) takes its spatial size from images.size.
@@ -151,6 +181,10 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
             raise ValidationError(
                 f"{loc('inputs')}source input '{name}' has dynamic shape {dims} and no shape is known to "
                 f"generate data with; set validate.data.inputs.{name}.shape (or fix it with a pass)")
+        if 0 in shape and name != image_input:  # an empty tensor: its only value, of any type (strings too)
+            given[name] = np.empty(shape, dtype=dtype)
+            shapes[name] = list(shape)
+            continue
         gen_dtype = np.dtype(spec.get("dtype", dtype))
         shapes[name] = shape
         metadata.add(name, gen_dtype, shape)
@@ -161,16 +195,20 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
         iterations = len(image_feeds)
     else:
         iterations = data_cfg.get("iterations", 2)
-    with quiet_polygraphy():
-        loader = DataLoader(seed=data_cfg.get("seed", 1), iterations=iterations,
-                            input_metadata=metadata, val_range=ranges)
-        generated_feeds = list(loader)
+    if len(metadata):
+        with quiet_polygraphy():
+            loader = DataLoader(seed=data_cfg.get("seed", 1), iterations=iterations,
+                                input_metadata=metadata, val_range=ranges)
+            generated_feeds = list(loader)
+    else:  # every input has given values (or images)
+        generated_feeds = [{} for _ in range(iterations)]
     feeds = []
     for i, generated in enumerate(generated_feeds):
-        feed = OrderedDict((n, np.asarray(a).astype(source_inputs[n][0], copy=False)) for n, a in generated.items())
+        feed = {n: np.asarray(a).astype(source_inputs[n][0], copy=False) for n, a in generated.items()}
+        feed.update(given)
         if images:
             feed[image_input] = image_feeds[i]
-        feeds.append(feed)
+        feeds.append(OrderedDict((n, feed[n]) for n in source_inputs))
     for feed in feeds:  # Polygraphy would otherwise reshape or transpose a misfit silently
         for name, arr in feed.items():
             dims = source_inputs[name][1]
@@ -178,7 +216,9 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
                 raise ValidationError(f"{loc('inputs', name)}data for source input '{name}' has shape "
                                       f"{list(arr.shape)}, but the model takes {dims}")
     desc = {"kind": "images" if images else "random", "seed": data_cfg.get("seed", 1), "iterations": len(feeds),
-            "inputs": {n: {"shape": shapes[n], "dtype": str(metadata[n].dtype), "range": list(ranges[n])}
+            "inputs": {n: ({"shape": shapes[n], "dtype": str(given[n].dtype), "value": describe_value(given[n])}
+                           if n in given else
+                           {"shape": shapes[n], "dtype": str(metadata[n].dtype), "range": list(ranges[n])})
                        for n in source_inputs}}
     if images:
         desc["inputs"][image_input] = {"shape": list(image_feeds[0].shape), "images": files}
@@ -186,6 +226,12 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
 
 
 def _load_npz(path, source_inputs, where):
+    kind = special_kind(path)  # asked of stat: np.load on a FIFO would block forever
+    if kind == "missing":  # a recipe error, as `check` and the run's file checks say (exit 3)
+        raise RecipeError(f"{where}validate.data.npz: cannot read {path}: "
+                          f"{FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))}")
+    if kind is not None:
+        raise RecipeError(f"{where}validate.data.npz: {path} is {kind}, not a regular file")
     try:
         archive = np.load(path, allow_pickle=False)
         if not hasattr(archive, "files"):  # a plain .npy: one array, no input names
@@ -236,6 +282,10 @@ def _load_images(cfg, base, source_inputs, shapes, where):
     batch, channels = shape[0], (shape[1] if layout == "NCHW" else shape[3])
     size = cfg.get("size") or (shape[2:4] if layout == "NCHW" else shape[1:3])
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+    for p in files:  # never opened unless regular: a FIFO would block the decoder forever
+        problem = not_a_file(p, "image")
+        if problem:
+            raise RecipeError(f"{where}validate.data.images.dir: {problem}")
     files = files[:cfg["limit"]] if cfg.get("limit") else files
     if len(files) < batch:
         raise ValidationError(f"{where}validate.data.images.dir: {folder} holds {len(files)} image(s) "

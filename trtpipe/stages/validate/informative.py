@@ -21,7 +21,9 @@ the final model in `engine vs final-ort`):
   it: (min(data max, hi) - max(data min, lo)) / (hi - lo) < 0.9. Inputs without a declared range
   are not checked.
 * The validation as a whole is **inconclusive** when nothing failed but no comparison passed on an
-  informative output (nor did the detections), or some declared input range is not exercised.
+  informative output (nor did the detections), or some declared input range is not exercised, or
+  a final output depends on a TensorRT plugin (engine only, validate/plugin_cut.py) and no engine
+  comparison checked it.
   `validate.require_informative: true` turns that into a failure (exit code 6).
 """
 
@@ -189,6 +191,15 @@ def doubts(result: Mapping[str, Any]) -> list[str]:
                                if e.get("unverified"))
     found += [f"final output '{name}' corresponds to no source output or tensor, so nothing checked it; map it "
               f"with validate.output_map or skip it with a reason under validate.skip" for name in unverified]
+    # outputs that depend on a TensorRT plugin ONNX Runtime cannot run (validate/plugin_cut.py): only the
+    # engine can check them, against the source; where it did not, they are unproven
+    engine_checked = {e["output"] for c in result.get("comparisons", []) for e in c.get("outputs") or []
+                      if e.get("engine_checked") and e["status"] in ("passed", "failed", "inconclusive")}
+    engine_only = dict.fromkeys(e["output"] for c in result.get("comparisons", []) for e in c.get("outputs") or []
+                                if e.get("engine_only") and e["output"] not in engine_checked)
+    found += [f"final output '{name}' is engine only (it depends on a TensorRT plugin that ONNX Runtime cannot "
+              f"run) and the engine did not run here, so nothing checked it; what reaches the plugin was compared"
+              for name in engine_only]
     for cov in ((result.get("data") or {}).get("coverage") or {}).values():
         if not cov.get("exercised", True):
             found.append(cov["reason"])

@@ -10,6 +10,7 @@ by entries ({output, source_output, status, reason, ...}, JSON-able) that the co
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -19,10 +20,11 @@ import numpy as np
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 
-from trtpipe.errors import ValidationError, suggest
+from trtpipe.errors import ValidationNotRunError, suggest
 from trtpipe.stages.validate import detections as det
 from trtpipe.stages.validate import informative
 from trtpipe.stages.validate.data import graph_summary, quiet_polygraphy
+from trtpipe.stages.validate.plugin_cut import session_loader
 
 # Runner names: they label comparisons ("source-ort vs final-ort") and the runs' results.
 SOURCE, FINAL, ENGINE, POST = "source-ort", "final-ort", "engine", "postprocess-ort"
@@ -33,7 +35,7 @@ Tolerance = dict[str, Any]  # {"atol", "rtol", "statistic", "quantile"}
 # -- running ---------------------------------------------------------------------------------------
 
 def run_ort(model_path: str | Path, name: str, feeds: Sequence[dict[str, np.ndarray]],
-            outputs: Sequence[str] | None = None, optimize: bool = True) -> Any:
+            outputs: Sequence[str] | None = None, optimize: bool = True, custom_ops: Sequence[str] = ()) -> Any:
     """Run a model in ONNX Runtime through Polygraphy on every feed.
 
     Args:
@@ -43,12 +45,15 @@ def run_ort(model_path: str | Path, name: str, feeds: Sequence[dict[str, np.ndar
         outputs: also read these tensors inside the graph (Polygraphy marks them as outputs).
         optimize: False turns ONNX Runtime's graph optimizations off (fp8 Q/DQ would be fused
             into QLinearConv, which has no fp8 kernel).
+        custom_ops: ONNX Runtime custom-op libraries to register (validate.ort_custom_ops: the
+            final model's TensorRT plugin ops; plugin_cut.py).
 
     Returns:
         Polygraphy's RunResults: {name: [one IterationResult per feed]}.
 
     Raises:
-        ValidationError: ONNX Runtime could not run the model (names it; keeps the cause).
+        ValidationNotRunError: ONNX Runtime could not load or run the model (names it; keeps the
+            cause): validation could not run, exit code 10.
     """
     model = str(model_path)
     if outputs:
@@ -58,11 +63,46 @@ def run_ort(model_path: str | Path, name: str, feeds: Sequence[dict[str, np.ndar
         with quiet_polygraphy():
             import onnxruntime
             level = None if optimize else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-            return Comparator.run([OnnxrtRunner(SessionFromOnnx(model, graph_optimization_level=level), name=name)],
-                                  data_loader=feeds)
+            session = (session_loader(model, level, custom_ops) if custom_ops
+                       else SessionFromOnnx(model, graph_optimization_level=level))
+            return Comparator.run([OnnxrtRunner(session, name=name)], data_loader=feeds)
     except Exception as err:  # ORT or Polygraphy: name the model, keep the cause
-        raise ValidationError(f"{name}: ONNX Runtime could not run {model_path}: {type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else err}") from err
+        raise ort_failure(name, model_path, err) from err
+
+
+_ORT_NOISE = (re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "), re.compile(r"Load model from \S+ failed:\s*"),
+              re.compile(r"/onnxruntime_src/\S+:\d+ [^)]*\)\s*(const\s*)?"))
+
+
+def ort_failure(name: str, model_path: str | Path, err: BaseException) -> ValidationNotRunError:
+    """The error for a model ONNX Runtime could not load or run: validation could not run (exit
+    code 10), not outputs that disagree. Names the runner and model, says whether ONNX Runtime
+    lacks an op/type or failed on the data, and keeps its message (without its C++ source paths).
+
+    Args:
+        name: the runner (SOURCE, FINAL, a pass label).
+        model_path: the model ONNX Runtime was given.
+        err: what ONNX Runtime (or Polygraphy) raised.
+    """
+    text = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    for rx in _ORT_NOISE:
+        text = rx.sub("", text)
+    try:
+        import onnxruntime
+        label = f"ONNX Runtime {onnxruntime.__version__}"
+    except ImportError:
+        label = "ONNX Runtime"
+    if re.search(r"not a registered function/op|Could not find an implementation|NOT_IMPLEMENTED", str(err)):
+        why = f"{label} has no implementation of an op or type in it"
+    elif "while running" in str(err):
+        why = f"{label} failed while running it on the validation data"
+    else:
+        why = f"{label} could not load it"
+    return ValidationNotRunError(
+        f"{name}: validation could not run: {why}: {model_path}: {text}",
+        hint="nothing was compared. If the data is what the model cannot take, give values it accepts "
+             "(validate.data.npz, validate.data.inputs.<name>.range or .value); if ONNX Runtime lacks the op, "
+             "build without validation (--no-validate: the report then says NOT VALIDATED)")
 
 
 def inner_tensors(model_path: str | Path) -> set[str]:
@@ -246,12 +286,26 @@ def _summarize(f, s, tol, results, cand_run, ref_run):
         return {**out, "status": "failed", "reason": f"shape {shapes[0]} differs from the reference's {shapes[1]}"}
     stat = tol["statistic"]
     out.update(worst_errors(results, stat))
+    exact = exact_counts(cand_run, ref_run, f, s)
+    if exact is not None:  # integer/bool outputs: a relative error means nothing there, a count does
+        out["exact"] = exact
     if all(bool(r) for r in results):
         return {**out, "status": "passed", "reason": None, "bound": _bound(out)}
     return {**out, "status": "failed", "bound": None,
             "reason": f"{stat} abs error {fmt(out['value'])} > atol {tol['atol']:g} and {stat} rel error "
                       f"{fmt(out['value_rel'])} > rtol {tol['rtol']:g}"
                       + (f" (max abs {fmt(out['max_abs'])}, max rel {fmt(out['max_rel'])})" if stat != "max" else "")}
+
+
+def exact_counts(cand_run: Any, ref_run: Any, cand_name: str, ref_name: str) -> dict[str, int] | None:
+    """For an integer or bool output (compared exactly): {"equal": elements equal, "elements":
+    elements compared}, summed over every iteration; None for float outputs or differing shapes."""
+    refs = [np.asarray(it[ref_name]) for it in list(ref_run.values())[0]]
+    cands = [np.asarray(it[cand_name]) for it in list(cand_run.values())[0]]
+    if not refs or refs[0].dtype.kind not in "biu" or any(a.shape != b.shape for a, b in zip(cands, refs)):
+        return None
+    return {"equal": int(sum(np.count_nonzero(a == b) for a, b in zip(cands, refs))),
+            "elements": int(sum(b.size for b in refs))}
 
 
 def _bound(out):
@@ -264,12 +318,52 @@ def _bound(out):
     return "+".join(held) or "abs/rel per iteration"
 
 
+def check_reference_finite(run: Any, cfg: Mapping[str, Any], outputs: Collection[str], where: str = "") -> None:
+    """Refuse a reference run (the source model's) whose outputs hold NaN/Inf (as far as
+    `validate.check_nan` / `check_inf` ask) on the validation data: there is no valid value to
+    compare against, and the data is outside what the model accepts (acosh of values below 1,
+    log of 0). Outputs `validate.skip` names are not checked.
+
+    Args:
+        run: the reference RunResults (run_ort).
+        cfg: the resolved `validate` section.
+        outputs: the reference outputs to check.
+        where: a "recipe.yaml:3:1: " prefix for the message.
+
+    Raises:
+        ValidationNotRunError: naming the output, how many values are NaN/Inf, and the way out.
+    """
+    if not (cfg["check_nan"] or cfg["check_inf"]):
+        return
+    runner, iterations = list(run.items())[0]
+    for name in outputs:
+        if skip_reason(cfg, name, name) or name not in iterations[0].keys():
+            continue
+        arrays = [np.asarray(it[name]) for it in iterations]
+        if any(a.dtype.kind not in "fc" for a in arrays):
+            continue
+        total = sum(a.size for a in arrays)
+        bad = {"NaN": sum(int(np.isnan(a).sum()) for a in arrays) if cfg["check_nan"] else 0,
+               "Inf": sum(int(np.isinf(a).sum()) for a in arrays) if cfg["check_inf"] else 0}
+        text = " and ".join(f"{n} {k}" for k, n in bad.items() if n)
+        if text:
+            raise ValidationNotRunError(
+                f"{where}validation could not run: the source model itself computes {text} value(s) (of {total}) "
+                f"in output '{name}' on the validation data ({runner}, {len(arrays)} iteration(s)), so there is "
+                f"no valid reference to compare with: the data is outside what the model accepts",
+                hint="feed data the model accepts (validate.data.inputs.<name>.range, validate.data.npz or "
+                     "images), or skip the output with a reason (validate.skip), or set validate.check_nan / "
+                     "check_inf: false if the model is meant to produce them")
+
+
 def _check_finite(cfg, runs, entries):
     """NaN/Inf checks (Polygraphy's Comparator.validate) on every output of every runner."""
     if not (cfg["check_nan"] or cfg["check_inf"]):
         return
     for run in runs:
-        with quiet_polygraphy():
+        # Polygraphy logs each output's statistics: an empty output's mean warns (numpy), as noise.
+        with quiet_polygraphy(), np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             if Comparator.validate(run, check_nan=cfg["check_nan"], check_inf=cfg["check_inf"]):
                 continue
         runner, iterations = list(run.items())[0]
@@ -297,7 +391,7 @@ def run_postprocess(pp_path: str | Path, postprocess: Mapping[str, Any], run: An
         Per iteration, its outputs under the source's names (`postprocess["outputs"]`).
 
     Raises:
-        ValidationError: ONNX Runtime could not run the post-processing model.
+        ValidationNotRunError: ONNX Runtime could not run the post-processing model.
     """
     feeds = [{pp_in: it[fin] for pp_in, fin in postprocess["inputs"].items()} for it in list(run.values())[0]]
     pp_run = run_ort(pp_path, POST, feeds)

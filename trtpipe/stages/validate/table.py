@@ -15,17 +15,18 @@ if TYPE_CHECKING:
 def print_table(result: dict, console: Console) -> None:
     """The validation result for a terminal: one rich table per comparison that ran, each followed
     by the rule it applied; the detections with counts that add up and what "borderline" means."""
+    from rich.markup import escape  # names and reasons come from the model and the recipe: never markup
     from rich.table import Table
     style = {"passed": "green", "failed": "bold red", "skipped": "yellow", "inconclusive": "bold yellow"}
     badge = lambda status: f"[{style.get(status, '')}]{status}[/]"  # noqa: E731
     label = "NOT VALIDATED" if result["status"] == "skipped" else result["status"]
     console.print(f"[bold]validation:[/] [{style.get(result['status'], '')}]{label}[/]"
-                  + (f" ({result['reason']})" if result["status"] != "failed" and result.get("reason") else ""),
+                  + (f" ({escape(result['reason'])})" if result["status"] != "failed" and result.get("reason") else ""),
                   highlight=False)
     for comp in result.get("comparisons", []):
-        head = f"{comp['name']}: {badge(comp['status'])}"
+        head = f"{escape(comp['name'])}: {badge(comp['status'])}"
         if not comp.get("outputs"):
-            console.print(f"  {head}" + (f" ({comp['reason']})" if comp.get("reason") else ""), highlight=False)
+            console.print(f"  {head}" + (f" ({escape(comp['reason'])})" if comp.get("reason") else ""), highlight=False)
             continue
         table = Table(title=head, title_justify="left", header_style="bold")
         table.add_column("output", overflow="fold")
@@ -37,16 +38,18 @@ def print_table(result: dict, console: Console) -> None:
         for e in comp["outputs"]:
             err = f"{e['statistic']} {fmt(e['value'])} / {fmt(e['value_rel'])}" if "value" in e else ""
             tol = f"{fmt(e['atol'])} / {fmt(e['rtol'])}" if "atol" in e else ""
-            table.add_row(e["output"], err, tol, e.get("bound") or "", badge(e["status"]), e.get("reason") or "")
+            table.add_row(escape(e["output"]), err, tol, e.get("bound") or "", badge(e["status"]),
+                          escape(e.get("reason") or ""))
         console.print(table)
         console.print(f"  rule: {informative.RULE}" + (f"; {informative.EXPLAIN}" if any(
             e["status"] == "inconclusive" for e in comp["outputs"]) else ""), highlight=False)
     d = result.get("detections")
     if d:
         console.print(f"  detections (IoU >= {d.get('iou_threshold')}, score atol {fmt(d.get('score_atol'))}): "
-                      f"{badge(d['status'])}" + (f": {d['reason']}" if d.get("reason") else ""), highlight=False)
+                      f"{badge(d['status'])}" + (f": {escape(d['reason'])}" if d.get("reason") else ""),
+                      highlight=False)
         if "matched" in d:
-            console.print(f"    {det.counts_line(d)}", highlight=False)
+            console.print(f"    {escape(det.counts_line(d))}", highlight=False)
             console.print(f"    {det.BORDERLINE}", highlight=False)
 
 
