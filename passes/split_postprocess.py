@@ -1,5 +1,7 @@
-"""Move what the engine cannot run (a TopK over more than 3840 elements, Unique, NonZero, ...) and
-everything computed from it into a post-processing ONNX model run by ONNX Runtime after the engine.
+"""Move ops the engine cannot run (TopK with K > 3840, Unique, NonZero) into a post-processing model.
+
+What the selected nodes compute, and everything computed from it, becomes an ONNX model that ONNX
+Runtime runs after the engine.
 
 TensorRT's TopK takes K <= 3840 (the builder refuses "K exceeds the maximum value allowed (3840)");
 TensorRT-RTX's parser has no Unique, and no NonZero (tf.boolean_mask) without a plugin. This pass
@@ -51,8 +53,9 @@ def split_postprocess(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Gra
         return _holds(node, ops)
 
     named = {f"tensors[{i}]": t for i, t in enumerate(params.get("tensors") or [])}
-    seed = None if named and not params.get("nodes") and params["ops"] == ["TopK"] else selected
-    if seed is not None and not any(selected(n) for n in graph.nodes):
+    by_tensors = named and not params.get("nodes") and params["ops"] == ["TopK"]
+    seed = (lambda node: False) if by_tensors else selected  # tensors alone: what reads them moves
+    if not by_tensors and not any(selected(n) for n in graph.nodes):
         what = (f"node named {params['nodes']}" if params.get("nodes") else
                 f"TopK with K > {limit}" if ops == {"TopK"} else f"node of the ops {sorted(ops)}")
         raise PassError(f"split_postprocess: the graph has no {what}; nothing to move out of the engine",

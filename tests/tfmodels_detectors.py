@@ -194,6 +194,28 @@ def small(dest, kind, **options):
                  tf.TensorSpec([1, 32, 32, 3], tf.uint8, "pixels"), **options)
 
 
+class _DecodeJpeg:
+    def __init__(self, tf, seed=5):
+        rng = np.random.default_rng(seed)
+        self.tf = tf
+        self.w = tf.Variable(_demo().weights(rng, 3, 3, 3, 4))
+        self.d = tf.Variable(_demo().weights(rng, 4, 3))
+
+    def __call__(self, data):
+        tf = self.tf
+        images = tf.map_fn(lambda b: tf.image.resize(tf.cast(tf.io.decode_jpeg(b, channels=3), tf.float32),
+                                                     [32, 32]), data, fn_output_signature=tf.float32)
+        x = tf.nn.relu(tf.nn.conv2d(images / 255.0, self.w, 1, "SAME"))
+        return {"probs": tf.nn.softmax(tf.reduce_mean(x, [1, 2]) @ self.d)}
+
+
+def decode_jpeg(dest, **options):
+    """c08's construct: a string input (JPEG bytes, [None]) decoded by tf.io.decode_jpeg inside a
+    tf.map_fn, then a one-conv classifier on the decoded 32x32 images."""
+    tf = _tf()
+    return _save(_DecodeJpeg, dest, tf.TensorSpec([None], tf.string, "image_bytes"), **options)
+
+
 BUILDERS = {"model_garden": model_garden, "keras_hub": keras_hub, "yolo": yolo, "map_fn_output": map_fn_output,
             "uint8": lambda dest, **o: small(dest, "uint8", **o), "topk": lambda dest, **o: small(dest, "topk", **o),
             "unique": lambda dest, **o: small(dest, "unique", **o)}

@@ -33,7 +33,8 @@ EXIT_CODES = {
                  "of the run, another recipe's output directory)",
     EXIT_DEPLOY: "deployment input error (predict, bench, export, refit: images, published output directory, plan)",
     EXIT_VALIDATION_NOT_RUN: "validation could not run (ONNX Runtime cannot run a model, or no valid data "
-                             "can be made for an input; the message says what to give)",
+                             "can be made for an input: a parameter input without a value, an unfeedable "
+                             "type, an .npz or image folder that fits no input; the message says what to give)",
     EXIT_TASKS: "build-all: one or more tasks failed (build-all.json gives each task's exit code)",
 }
 

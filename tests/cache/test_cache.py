@@ -82,7 +82,7 @@ def test_noop_rerun_does_no_stage_work(tiny, tmp_path, run_cli, monkeypatch, cac
     assert "all stages cached" in out and "cached" in (tmp_path / "out" / "report.md").read_text()
     assert second["artifacts"] == first["artifacts"]  # same bytes, sha256 recorded for each
     assert second["validation"] == first["validation"] and second["passes"] == first["passes"]
-    assert set(first["artifacts"]) == {"tiny.source.onnx", "tiny.onnx", "tiny.plan"}
+    assert set(first["artifacts"]) == {"tiny.source.onnx", "tiny.onnx", "tiny.plan", "tiny.errors.png"}
 
 
 def test_build_settings_edit_runs_only_the_build(tiny, tmp_path, run_cli, monkeypatch):
@@ -193,11 +193,11 @@ def test_cache_info_and_prune(tiny, tmp_path, run_cli, cache_dir):
     code, out, _ = run_cli("cache", "prune", "--older-than", "1d")
     assert code == 0 and "removed 0 entries" in out
     code, out, _ = run_cli("cache", "prune", "--dry-run")
-    assert code == 0 and "would remove 6 entries" in out
+    assert code == 0 and "would remove 7 entries" in out  # 5 stages + 1 pass + the report's pictures
     code, out, err = run_cli("cache", "prune")  # not a terminal: nothing asked, nothing removed
     assert code == errors.EXIT_USAGE and "say `--all`" in err and "removed" not in out
     code, out, _ = run_cli("cache", "prune", "--all")
-    assert code == 0 and "removed 6 entries" in out
+    assert code == 0 and "removed 7 entries" in out
     assert not list((cache_dir / "entries").glob("*/*/*"))
     code, _, err = run_cli("cache", "prune", "--older-than", "soon")
     assert code == errors.EXIT_USAGE and "30d" in err

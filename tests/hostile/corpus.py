@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+ANY = "any"             # exit 0 or any documented code
 FIFO = object()          # a named pipe: reading it blocks forever unless the tool refuses it first
 RECIPE, SOURCE, PASS, VALIDATION, BUILD, OUTPUT, NOT_VALIDATED = 3, 4, 5, 6, 7, 8, 10
 
@@ -317,6 +318,17 @@ def _data_cases() -> list[Case]:
                  "tiny.onnx": _bytes(_conv_model())}
         code = RECIPE if label in ("images_fifo", "images_dir_missing") else NOT_VALIDATED
         cases.append(Case(label, files, {"run": (code, frag)}))
+    dynamic = _bytes(_conv_model("N"))
+    profile = ("workspace: 64MiB\n  profiles:\n    - name: p\n      inputs:\n"
+               "        x: {{min: [1, 3, 8, 8], opt: [1, 3, 8, 8], max: {max}}}")
+    huge_data = _recipe().replace("data: {iterations: 1}", "data:\n    iterations: 1\n    inputs:\n"
+                                  "      x: {shape: [1048576, 3, 1024, 1024]}")
+    cases += [
+        Case("validation_shape_24_tib", {"recipe.yaml": huge_data.replace("workspace: 64MiB", profile.format(
+            max="[2, 3, 8, 8]")), "tiny.onnx": dynamic}, {"run": (NOT_VALIDATED, "GiB")}),
+        Case("profile_max_24_tib", {"recipe.yaml": _recipe().replace("workspace: 64MiB", profile.format(
+            max="[1048576, 3, 1024, 1024]")), "tiny.onnx": dynamic}, {"run": (None, "1048576")}),
+    ]
     return cases
 
 
@@ -356,6 +368,11 @@ def build_corpus(root: Path) -> list[Case]:
         The cases, at least 80 (tests/hostile/test_corpus.py asserts it).
     """
     cases = _recipe_cases() + _source_cases() + _data_cases() + _output_cases()
+    for case in cases:  # every case goes through all three commands; where the problem is one
+        # only a run can see (model contents, data), check and fmt may pass, but still within the
+        # limits, without a traceback and without writing anything but the formatted recipe
+        for command in ("run", "check", "fmt"):
+            case.expect.setdefault(command, (ANY, ""))
     for case in cases:
         base = root / case.name
         base.mkdir(parents=True)

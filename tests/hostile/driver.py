@@ -108,8 +108,18 @@ def _run(job: dict) -> dict:
 def main() -> None:
     jobs_path, results_path = sys.argv[1], sys.argv[2]
     sys.path.insert(0, REPO)
-    import trtpipe.cli  # noqa: F401  (imported once, before the forks)
+    # Imported once, before the forks: the CLI and the libraries a run imports lazily (ONNX
+    # Runtime, Polygraphy, onnx-graphsurgeon). Importing them starts no threads; sessions, which
+    # do, are only made in the children. The backend (TensorRT-RTX) is imported by the build's own
+    # spawned process, as in any run.
+    import onnx_graphsurgeon  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import polygraphy.backend.onnxrt  # noqa: F401
+    import polygraphy.comparator  # noqa: F401
+
+    import trtpipe.cli  # noqa: F401
     import trtpipe.review.commands  # noqa: F401
+    import trtpipe.stages.run  # noqa: F401
     with open(jobs_path) as f:
         jobs = json.load(f)
     results = [_run(job) for job in jobs]

@@ -220,7 +220,8 @@ def test_check_github_annotations_fast_and_without_tensorflow(tmp_path):
     broken = _recipe(tmp_path, "effdet", _boxes_typo)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "pipeline.py"), "check", "--format",
-                           "github", str(broken), str(REPO / "recipes")],
+                           "github", str(broken), str(REPO / "recipes" / "effdet-tensorrt.yaml"),
+                           str(REPO / "recipes" / "effdet.yaml")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     took = time.perf_counter() - start
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -323,3 +324,74 @@ def test_reading_names_is_quick_for_large_models(tmp_path):
     read_onnx(path)
     assert time.perf_counter() - start < 0.5
     os.remove(path)
+
+
+def test_readme_github_actions_workflow_annotates_and_summarizes(tmp_path):
+    """The README's reusable workflow, its review job's steps run with bash in a git repository
+    where one recipe was broken and one changed: annotations on stdout, the diff in the summary."""
+    import shutil
+
+    import yaml
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "name: recipes" in b)
+    workflow = yaml.safe_load(block)
+    steps = {s.get("name"): s for s in workflow["jobs"]["review"]["steps"]}
+    git = shutil.which("git")
+    if not git:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    for name in ("effdet", "zoo-resnet50"):
+        (repo / "recipes" / f"{name}.yaml").write_text(
+            (REPO / "recipes" / f"{name}.yaml").read_text().replace("../", str(REPO) + "/"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PYTHONPATH": str(REPO), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
+    for cmd in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "recipes"]):
+        subprocess.run([git, *cmd], cwd=repo, check=True, env=env)
+    subprocess.run([git, "update-ref", "refs/remotes/origin/main", "HEAD"], cwd=repo, check=True, env=env)
+    broken = repo / "recipes" / "effdet.yaml"
+    broken.write_text(_boxes_typo(broken.read_text()))
+    zoo = repo / "recipes" / "zoo-resnet50.yaml"
+    zoo.write_text(zoo.read_text().replace("workspace: 1GiB", "workspace: 2GiB"))
+
+    def step(name):
+        script = steps[name]["run"].replace("${{ github.base_ref }}", "main").replace(
+            "python pipeline.py", f"{sys.executable} {REPO / 'pipeline.py'}")
+        return subprocess.run(["bash", "-e", "-c", script], cwd=repo, capture_output=True, text=True, env=env,
+                              timeout=120)
+    check = step("check (annotations on the diff)")
+    assert check.returncode != 0  # the job fails on the broken recipe
+    line = _line_of(broken, "raw_detection_boxez")
+    assert f"::error file=recipes/effdet.yaml,line={line},col=7,title=trt-pipeline check::passes[3] nms: boxes" \
+        in check.stdout
+    diff = step("diff (job summary)")
+    assert diff.returncode == 0, diff.stderr
+    assert "::notice file=recipes/zoo-resnet50.yaml," in diff.stdout and "build.workspace: 1GiB -> 2GiB" in diff.stdout
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("### Recipe changes\n~~~text\n") and "changed  build.workspace: 1GiB -> 2GiB" in summary
+    assert "::notice" not in summary
+
+
+def test_build_caches_the_backend_does_not_use(run_cli, tmp_path, rtx):
+    """TensorRT-RTX has no timing cache (check warns, the run ignores it); build.runtime_cache is
+    its replacement, resolved against the recipe and used only where a GPU runs the plan."""
+    path = _recipe(tmp_path, "zoo-resnet50", lambda t: t.replace(
+        "  backend: auto", "  backend: tensorrt_rtx\n  timing_cache: t.cache\n  runtime_cache: kernels.rtxcache"))
+    text = path.read_text()
+    assert "timing_cache: t.cache" in text, text
+    code, _, err = run_cli("check", path)
+    assert code == 0, err
+    assert (f"warning: {path}:{_line_of(path, 'timing_cache')}:3: build.timing_cache: not used with TensorRT-RTX"
+            in err)
+    code, out, _ = run_cli("explain", path)
+    assert f"runtime_cache: {tmp_path / 'kernels.rtxcache'}   # derived: `kernels.rtxcache`, relative to" in out
+    assert "not used by tensorrt_rtx (it has no timing cache)" in out
+
+    from trtpipe.stages.build.runtime_cache import engine_or_context
+    marker = object()
+    with engine_or_context(rtx, marker, None) as target:  # no runtime cache asked: the engine as it is
+        assert target is marker
+    fifo = tmp_path / "fifo.rtxcache"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="is a FIFO"), engine_or_context(rtx, marker, str(fifo)):
+        pass  # refused from stat alone: never opened (it would block), nothing deserialized

@@ -144,15 +144,20 @@ def test_uint8_input_without_map_fn_builds_after_set_input(models, run_cli, tmp_
 
 
 def test_topk_over_3840_moves_to_post_processing(models, run_cli, tmp_path):
-    """c07: split_postprocess; validation compares final + post-processing with the source element-wise."""
-    code, text, rep = run(run_cli, tmp_path, f"""
+    """c07: the build error names the pass; with it, validation compares final + post-processing with
+    the source element-wise."""
+    body = f"""
         name: top
         source: {{onnx: {models("topk")}}}
         passes:
-          - pass: split_postprocess
+          - pass: SPLIT
           - pass: cleanup
         output: {{dir: out}}
-        """)
+        """
+    code, text, _ = run(run_cli, tmp_path, body.replace("SPLIT", "sanitize"))
+    assert code == 7 and "K exceeds the maximum value allowed (3840)" in text
+    assert "hint: TensorRT's TopK takes K <= 3840: move that TopK" in text and "`split_postprocess` pass" in text
+    code, text, rep = run(run_cli, tmp_path, body.replace("SPLIT", "split_postprocess"))
     assert code == 0, text
     comp = next(c for c in rep["validation"]["comparisons"] if c["name"].endswith("postprocess-ort"))
     assert comp["status"] == "passed"
@@ -178,3 +183,57 @@ def test_unique_is_named_unsupported_with_the_pass_that_moves_it(models, run_cli
     code, text, rep = run(run_cli, tmp_path, body.replace("PASSES", moved))
     assert code == 0, text
     assert rep["validation"]["status"] == "passed"
+
+
+def test_a_wrong_input_size_after_replace_preprocessing_names_the_size_expected(models, run_cli, tmp_path):
+    """The Loop resizes to a size shape inference cannot see: measured, and said instead of a shape
+    inference error deep in the network."""
+    code, text, _ = run(run_cli, tmp_path, f"""
+        name: mg
+        source: {{onnx: {models("model_garden")}}}
+        passes:
+          - pass: set_input
+            params: {{dtype: float32, shape: [1, 80, 80, 3]}}
+          - pass: replace_preprocessing
+            params: {{layout: NHWC, scale: 1.0}}
+        output: {{dir: out}}
+        """)
+    assert code == 5
+    assert "the removed preprocessing resized images to [64, 64]" in text and "[1, 80, 80, 3]" in text
+    assert "Incompatible dimensions" not in text
+
+
+def test_decode_jpeg_string_input_conversion_starts_after_the_decoding(run_cli, tmp_path):
+    """c08: the hint names the recipe key and the tensor where decoding ends; with it, a plan."""
+    saved = det.decode_jpeg(tmp_path / "saved_model")
+    body = f"""
+        name: jpg
+        source:
+          saved_model: {saved}
+          INPUTS
+        passes:
+          - pass: set_input
+            params: {{shape: [1, 32, 32, 3]}}
+        output: {{dir: out}}
+        """
+    code, text, _ = run(run_cli, tmp_path, body.replace("INPUTS", ""))
+    assert code == 4 and "DecodeJpeg" in text
+    tensor = "StatefulPartitionedCall/map/TensorArrayV2Stack/TensorListStack:0"
+    assert "no ONNX opset defines DecodeJpeg" in text and f"`source.inputs: ['{tensor}']`" in text
+    assert "higher `source.opset`" not in text
+    code, text, rep = run(run_cli, tmp_path, body.replace("INPUTS", f"inputs: ['{tensor}']"))
+    assert code == 0, text
+    assert rep["build"]["inputs"] == [{"name": "TensorListStack_input", "dtype": "float32", "shape": [1, 32, 32, 3]}]
+    assert rep["validation"]["status"] == "passed"
+
+
+def test_caffe_and_uff_sources_say_the_parsers_are_gone(run_cli, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", """
+        name: old
+        source:
+          uff: model.uff
+        output: {dir: out}
+        """)
+    code, out, err = run_cli("check", recipe)
+    assert code == 3
+    assert f"{recipe}:3:3: source.uff: expected nothing: TensorRT 10 removed the UFF parser" in out + err

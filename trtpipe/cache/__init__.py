@@ -9,7 +9,9 @@ on, so a re-run redoes only what an edit changed. This module is its public face
 * files.py   - atomic writes, streamed sha256, models with external weights;
 * lock.py    - flock-based locks: one run per recipe, prune waits for running builds;
 * remote.py  - the shared remote tier (a network directory or an fsspec URL) of a build farm;
-* status.py  - which stages of a recipe are cached, for `explain`.
+* status.py  - which stages of a recipe are cached, for `explain`;
+* commands.py - `python pipeline.py cache info|prune` (checking entries is no use; prune
+               everything only when asked).
 
 stages/run.py and the stages/*/cached.py wrappers use it; `python pipeline.py cache info|prune`
 manages it.

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
 MODEL = "model.onnx"
@@ -78,17 +79,211 @@ def all_tensors(model: "onnx.ModelProto") -> list:
     return out
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
-    """Save a ModelProto; a large one with its weights in `<name>.data` beside it. The in-memory
-    model keeps its weights (onnx moves them out while saving; they are read back once)."""
+def is_external(tensor: "onnx.TensorProto") -> bool:
+    """True when the tensor's bytes live in an external data file."""
+    import onnx
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _ext(tensor):
+    """(location, offset, length) of an external tensor; length None when not recorded."""
+    kv = {e.key: e.value for e in tensor.external_data}
+    length = kv.get("length")
+    return kv.get("location", ""), int(kv.get("offset") or 0), int(length) if length not in (None, "") else None
+
+
+def load_model(path: str | Path) -> "onnx.ModelProto":
+    """Load a saved model's graph without its weights: tensors in external data stay references,
+    their `location` made absolute (in memory only: `save_model` writes relative ones, and
+    `read_tensor` reads them), so a model over 2 GiB is a few kilobytes of protobuf here.
+
+    Args:
+        path: the .onnx file (its external data files beside it).
+
+    Returns:
+        The ModelProto; weights that were inline stay inline.
+    """
+    import onnx
+    path = Path(path).resolve()
+    model = onnx.load(str(path), load_external_data=False)
+    for t in all_tensors(model):
+        if is_external(t):
+            for kv in t.external_data:
+                if kv.key == "location" and not os.path.isabs(kv.value):
+                    kv.value = str(path.parent / kv.value)
+    inline_small(model)
+    return model
+
+
+SMALL_ELEMENTS = 4096  # external tensors this small are read into the model (graph.types.skeleton's limit)
+
+
+def inline_small(model: "onnx.ModelProto", limit: int = SMALL_ELEMENTS) -> None:
+    """Read external tensors of at most `limit` elements into the model (in place): the graph
+    checks run on a skeleton that keeps such tensors, and onnx.checker refuses the absolute
+    locations references have in memory. Large weights stay references."""
+    import numpy as np
+    from onnx import numpy_helper
+    for t in all_tensors(model):
+        if is_external(t) and int(np.prod(t.dims, dtype=np.int64)) <= limit:
+            t.CopyFrom(numpy_helper.from_array(read_tensor(t), t.name))
+
+
+def external_files(model: "onnx.ModelProto") -> list[Path]:
+    """The absolute external data files a model loaded by `load_model` refers to (sorted)."""
+    return sorted({Path(_ext(t)[0]) for t in all_tensors(model) if is_external(t)})
+
+
+def read_tensor(tensor: "onnx.TensorProto") -> "np.ndarray":
+    """A tensor's values as a numpy array, read from its external data file (absolute location,
+    as `load_model` leaves it) when it has one: one tensor at a time, never the whole file."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    if not is_external(tensor):
+        return numpy_helper.to_array(tensor)
+    location, offset, length = _ext(tensor)
+    if not os.path.isabs(location):
+        raise ValueError(f"tensor {tensor.name!r}: external data location {location!r} is not resolved; "
+                         "load the model with trtpipe.cache.files.load_model")
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    arr = np.fromfile(location, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+    if arr.size != count or (length is not None and length < count * dtype.itemsize):
+        raise ValueError(f"tensor {tensor.name!r}: {location} holds fewer bytes than its shape needs")
+    return arr.reshape(tuple(tensor.dims)).astype(dtype, copy=False)
+
+
+def external_tensor(name: str, data_type: int, dims: list[int], location: str | Path, offset: int,
+                    length: int) -> "onnx.TensorProto":
+    """A TensorProto whose bytes are `length` bytes at `offset` of the file `location` (absolute)."""
+    import onnx
+    t = onnx.TensorProto(name=name, data_type=data_type, dims=list(dims))
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", str(location)), ("offset", str(offset)), ("length", str(length))):
+        t.external_data.add(key=k, value=v)
+    return t
+
+
+_ALIGN = 4096       # offsets in written data files: page-aligned (ONNX Runtime can map them)
+_INLINE_MAX = 1024  # tensors below this many bytes stay in the protobuf (onnx's default threshold)
+
+
+def save_model(model: onnx.ModelProto, path: str | Path, link_from: str | Path | None = None,
+               final_dir: str | Path | None = None) -> dict[str, str]:
+    """Save a ModelProto; with its weights in `<name>.data` beside it when it refers to external
+    data (a model from `load_model`) or is too big for one protobuf. Weights are copied from
+    file to file in chunks (never all in memory); when every reference points into one data file
+    under `link_from` (an earlier cache entry), that file is hard-linked instead of copied. The
+    in-memory model is left as it was, unless `final_dir` is given.
+
+    Args:
+        model: the model (inline weights, external references with absolute locations, or both).
+        path: the .onnx file to write.
+        link_from: directory whose data files may be hard-linked (immutable cache entries).
+        final_dir: the directory the saved files will finally live in (a cache entry once
+            committed): the in-memory model's weights then become references to the saved data
+            file there (absolute, as `load_model` makes them), freeing inline weights' memory and
+            letting the next save hard-link the file.
+
+    Returns:
+        {file name: sha256} of data files hashed while writing them (the caller need not re-read them).
+    """
     import onnx
     path = Path(path)
-    if model.ByteSize() >= EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-        onnx.load_external_data_for_model(model, str(path.parent))
-    else:
+    tensors = all_tensors(model)
+    ext = [t for t in tensors if is_external(t)]
+    if not ext and model.ByteSize() < EXTERNAL_DATA_BYTES:
         onnx.save_model(model, str(path))
+        return {}
+    data_name = path.name + ".data"
+    data_path = path.with_name(data_name)
+    inline = [t for t in tensors if not is_external(t) and len(t.raw_data) >= _INLINE_MAX]
+    srcs = {_ext(t)[0] for t in ext}
+    hashed = {}
+    undo = []  # (tensor, saved external_data, saved raw_data or None)
+    try:
+        single = next(iter(srcs)) if len(srcs) == 1 and not inline else None
+        if single and Path(single).resolve() == data_path.resolve():
+            placed = {id(t): _ext(t)[1:] for t in ext}  # written in place (e.g. the fp16 stream)
+        elif single and link_from and Path(single).resolve().is_relative_to(Path(link_from).resolve()):
+            try:
+                os.link(single, data_path)
+            except OSError:
+                shutil.copyfile(single, data_path)
+            placed = {id(t): _ext(t)[1:] for t in ext}
+        else:
+            placed, h = {}, hashlib.sha256()
+            writing = data_path.with_name(data_name + ".part")  # never truncate a file being read
+            with open(writing, "wb") as out:
+                pos = 0
+                for t in ext + inline:
+                    pad = -pos % _ALIGN
+                    if pad:
+                        out.write(b"\0" * pad)
+                        h.update(b"\0" * pad)
+                        pos += pad
+                    if is_external(t):
+                        location, offset, length = _ext(t)
+                        length = length if length is not None else os.path.getsize(location) - offset
+                        with open(location, "rb") as src:
+                            src.seek(offset)
+                            left = length
+                            while left:
+                                chunk = src.read(min(left, 1 << 24))
+                                if not chunk:
+                                    raise OSError(f"{location}: external data of {t.name!r} ends early")
+                                out.write(chunk)
+                                h.update(chunk)
+                                left -= len(chunk)
+                    else:
+                        length = len(t.raw_data)
+                        raw = t.raw_data
+                        out.write(raw)
+                        h.update(raw)
+                        del raw
+                    placed[id(t)] = (pos, length)
+                    pos += length
+            os.replace(writing, data_path)
+            hashed[data_name] = h.hexdigest()
+        for t in ext + inline:
+            offset, length = placed[id(t)]
+            saved_raw = None
+            if not is_external(t):
+                saved_raw = t.raw_data
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+            undo.append((t, [(e.key, e.value) for e in t.external_data], saved_raw))
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                t.external_data.add(key=k, value=v)
+        onnx.save_model(model, str(path))
+    except BaseException:
+        final_dir = None  # nothing was saved: the model keeps what it had
+        raise
+    finally:
+        for t, kvs, raw in undo:
+            del t.external_data[:]
+            small = raw is not None and _elements(t) <= SMALL_ELEMENTS  # stays inline (inline_small)
+            if final_dir is not None and not small:  # refer to the saved file where it will live
+                offset, length = placed[id(t)]
+                for k, v in (("location", str(Path(final_dir).resolve() / data_name)), ("offset", str(offset)),
+                             ("length", str(length))):
+                    t.external_data.add(key=k, value=v)
+            elif raw is not None:
+                t.data_location = onnx.TensorProto.DEFAULT
+                t.raw_data = raw
+            else:
+                for k, v in kvs:
+                    t.external_data.add(key=k, value=v)
+    return hashed
+
+
+def _elements(tensor):
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n
 
 
 def model_files(path: str | Path) -> list[Path]:

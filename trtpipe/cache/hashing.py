@@ -42,13 +42,34 @@ class Hasher:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) / "filehash" if root else None
         self._mem = {}
+        self._inodes = {}  # (device, size, mtime, inode) -> sha256, this process only
+
+    def known(self, path: str | Path) -> str | None:
+        """The sha256 this process computed or wrote for the file as it is now, else None (no disk
+        memo: for checking cache entries, where only this run's own writes are trusted)."""
+        st = Path(path).stat()
+        return self._inodes.get((st.st_dev, st.st_size, st.st_mtime_ns, st.st_ino))
+
+    def remember(self, path: str | Path, sha: str) -> None:
+        """Record the sha256 of a file this process just wrote and hashed while writing it."""
+        path = Path(path).resolve()
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        self._mem[str(path)] = (stamp, sha)
+        self._inodes[(st.st_dev, *stamp)] = sha
 
     def file(self, path: str | Path) -> str:
+        """sha256 of a file's content (hex), remembered per (size, mtime, inode): by path across
+        runs, and by inode within a run (a hard link of a file hashed before is not re-read)."""
         path = Path(path).resolve()
         st = path.stat()
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
         if str(path) in self._mem and self._mem[str(path)][0] == stamp:
             return self._mem[str(path)][1]
+        linked = self._inodes.get((st.st_dev, *stamp))
+        if linked is not None:
+            self._mem[str(path)] = (stamp, linked)
+            return linked
         memo = self.root / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json" if self.root else None
         fresh = time.time() - st.st_mtime < 2
         if memo and not fresh:
@@ -61,6 +82,7 @@ class Hasher:
                 pass
         value = sha256_file(path)
         self._mem[str(path)] = (stamp, value)
+        self._inodes[(st.st_dev, *stamp)] = value
         if memo and not fresh:
             with contextlib.suppress(OSError):
                 atomic_write(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": value}).encode())

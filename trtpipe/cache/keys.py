@@ -1,8 +1,9 @@
 """Cache keys of a recipe's stages: each hashes everything that stage's output depends on, so a
 re-run redoes exactly what an edit changed.
 
-* source (conversion): the SavedModel's files (or the ONNX file and its external data), the
-  converter options, the tensorflow/tf2onnx/onnx versions and this tool's converter code;
+* source (conversion): the SavedModel's files (the frozen graph or TFLite file; or the ONNX file and
+  its external data), the converter options, the tensorflow/tf2onnx/onnx versions and this tool's
+  converter code;
 * each pass: the input model's sha256, the pass name, its parameters (and the content of files
   they name), the pass's code (its module and every project module it imports, and the pass
   runner's), what earlier passes recorded for later stages (input contract, output map, NMS
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtpipe.cache.code import code_digest
 from trtpipe.cache.hashing import Hasher, data_files, digest, referenced_files, versions
-from trtpipe.recipe.resolved import DEPLOYMENT_KEYS
+from trtpipe.recipe.resolved import DEPLOYMENT_KEYS, SOURCE_KINDS
 
 if TYPE_CHECKING:
     from trtpipe.backend import Backend
@@ -61,17 +62,20 @@ class Keys:
     def source(self) -> str | None:
         """The source stage's key, or None when the source file or directory is missing."""
         src = self.recipe.data["source"]
-        opts = {k: v for k, v in src.items() if k not in ("onnx", "saved_model")}
-        if src.get("onnx"):
+        kind = next(k for k in SOURCE_KINDS if src.get(k))
+        opts = {k: v for k, v in src.items() if k not in SOURCE_KINDS}
+        tools = versions("onnx", "tf2onnx", "tensorflow", "tensorflow-cpu", "numpy")
+        if kind == "onnx":
             content = self.hasher.onnx_file(src["onnx"]) if Path(src["onnx"]).is_file() else None
             tools = versions("onnx")
-        else:
+        elif kind == "saved_model":
             path = Path(src["saved_model"])
             content = self.hasher.tree(path) if path.is_dir() else None
-            tools = versions("onnx", "tf2onnx", "tensorflow", "tensorflow-cpu", "numpy")
+        else:  # frozen_graph / tflite: one file
+            content = self.hasher.file(src[kind]) if Path(src[kind]).is_file() else None
         if content is None:
             return None  # missing source: the stage fails and reports it
-        return digest({"stage": "source", "kind": "onnx" if src.get("onnx") else "saved_model",
+        return digest({"stage": "source", "kind": kind,
                        "content": content, "options": opts, "versions": tools,
                        "code": stage_code("source")})
 

@@ -1,5 +1,6 @@
 """Which stages of a recipe the stage cache already holds (for `explain`), computed from cache
-keys alone: nothing is converted, run or built, and TensorFlow is not imported."""
+keys alone: nothing is converted, run or built, and TensorFlow is not imported. Looking is no
+use: entries keep their last-use times (`cache prune --older-than` goes by those)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def stage_status(recipe: str | Path | Recipe, cache_dir: str | Path | None = Non
         key = keys.source()
     except OSError:
         return status
-    entry = cache.get("source", key, verify=()) if key else None
+    entry = cache.get("source", key, verify=(), touch=False) if key else None
     if entry is None:
         return status
     status["source"] = "cached"
@@ -49,23 +50,23 @@ def stage_status(recipe: str | Path | Recipe, cache_dir: str | Path | None = Non
         if not item.get("enabled", True):
             status[f"passes[{i}]"] = "skipped"
             continue
-        entry = cache.get("pass", keys.pass_(i, item, cur, state), verify=())
+        entry = cache.get("pass", keys.pass_(i, item, cur, state), verify=(), touch=False)
         if entry is None:
             return status
         status[f"passes[{i}]"] = "cached"
         cur, state = entry.meta["model_sha"], entry.meta["ctx"]
-    entry = cache.get("precision", keys.precision(cur, source_sha, state["input_contract"]), verify=())
+    entry = cache.get("precision", keys.precision(cur, source_sha, state["input_contract"]), verify=(), touch=False)
     if entry is None:
         return status
     status["precision"] = "cached"
     final, state = entry.meta["model_sha"], dict(state, input_contract=entry.meta["input_contract"])
     gpu_ok, _ = has_runtime_gpu(backend, recipe.data["build"]["compute_capabilities"])
-    build = cache.get("build", keys.build(final), verify=())
+    build = cache.get("build", keys.build(final), verify=(), touch=False)
     if build is not None:
         status["build"] = "cached"
     # validation is keyed by the plan only where a GPU can run it (it then runs after the build)
     plan_sha = build.meta["plan_sha"] if (gpu_ok and build is not None) else None
     if not gpu_ok or plan_sha:
-        if cache.get("validate", keys.validate(source_sha, final, state, plan_sha), verify=()) is not None:
+        if cache.get("validate", keys.validate(source_sha, final, state, plan_sha), verify=(), touch=False) is not None:
             status["validate"] = "cached"
     return status

@@ -103,7 +103,7 @@ class Entry:
                 problem = f"{name} is missing"
             elif path.stat().st_size != info["size"]:
                 problem = f"{name} has {path.stat().st_size} bytes, the manifest says {info['size']}"
-            elif sha256_file(path) != info["sha256"]:
+            elif (self.cache.hasher.known(path) or sha256_file(path)) != info["sha256"]:
                 problem = f"{name} does not match its sha256"
             if problem:
                 self.cache.discard(self, problem)
@@ -125,9 +125,15 @@ class Writer:
 
     def save_model(self, model: onnx.ModelProto, name: str = MODEL) -> str:
         """Save the model into the entry; returns its sha256 (of the model and its .data file)."""
-        save_model(model, self.dir / name)
+        # weights in external data are copied file to file (or hard-linked from an earlier entry)
+        # and hashed while copied: nothing loads them (files.save_model)
+        hashed = save_model(model, self.dir / name, link_from=self.cache.root / "entries",
+                            final_dir=self.cache.entry_dir(self.kind, self.key))
+        for file_name, sha in hashed.items():
+            self.cache.hasher.remember(self.dir / file_name, sha)
         files = model_files(self.dir / name)
-        return sha256_file(files[0]) if len(files) == 1 else digest([sha256_file(p) for p in files])
+        hasher = self.cache.hasher
+        return hasher.file(files[0]) if len(files) == 1 else digest([hasher.file(p) for p in files])
 
     def add_file(self, name: str, src: str | Path) -> None:
         dest = self.dir / name
@@ -142,7 +148,9 @@ class Writer:
             if p.is_file() and p.name not in (MANIFEST, OWNER_FILE):
                 with open(p, "rb+") as f:
                     os.fsync(f.fileno())
-                files[p.relative_to(self.dir).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                # hasher: a weights file hashed while written, or hard-linked from an entry, is not re-read
+                files[p.relative_to(self.dir).as_posix()] = {"size": p.stat().st_size,
+                                                             "sha256": self.cache.hasher.file(p)}
         manifest = {"format": FORMAT, "kind": self.kind, "key": self.key, "created": time.time(),
                     "files": files, "meta": self.meta}
         manifest["checksum"] = digest(manifest)

@@ -174,6 +174,8 @@ def find_cut(graph: gs.Graph, named: dict[str, str] | None = None, what: str = "
             from trtpipe.errors import suggest
             raise PassError(f"{role} tensor '{name}' is not in the graph{suggest(name, list(tensors))}; graph "
                             f"outputs are: {', '.join(t.name for t in graph.outputs)}")
+    # a constant (anchors, often) needs no engine: the post-processing model keeps its own copy
+    named = {role: name for role, name in named.items() if not isinstance(tensors[name], gs.Constant)}
     inputs = {t.name for t in graph.inputs}
     for role, name in named.items():
         if name in inputs:
@@ -192,10 +194,8 @@ def find_cut(graph: gs.Graph, named: dict[str, str] | None = None, what: str = "
     later = _descendants(graph, [o for n in candidates for t in n.outputs for o in readers.get(t.name, [])], readers)
     seeds = [n for n in candidates if id(n) not in later]
     fixed = {name: tensors[name] for name in named.values()}
-    if seeds:
-        region = _descendants(graph, seeds, readers)
-    elif fixed:
-        region = _descendants(graph, [r for name in fixed for r in readers.get(name, [])], readers)
+    if seeds or fixed:  # from the first post-processing nodes, and from what reads the named tensors
+        region = _descendants(graph, seeds + [r for name in fixed for r in readers.get(name, [])], readers)
     else:
         ops = sorted({n.op for n in graph.nodes})
         found = "no node it selects" if seed else \

@@ -19,6 +19,7 @@ from pathlib import Path
 from trtpipe import registry
 from trtpipe.errors import RecipeError
 from trtpipe.recipe.resolved import (  # noqa: F401
+    SOURCE_KINDS,
     BuildSettings,
     Precision,
     Tolerances,
@@ -286,7 +287,10 @@ def _resolve(data, base, locate):
     if "onnx" in src:  # SavedModel-only settings mean nothing for an ONNX source
         for key in ("signature", "tag", "opset", "large_model"):
             src.pop(key, None)
-    for key in ("onnx", "saved_model"):
+    elif "frozen_graph" in src or "tflite" in src:  # no signatures or tag sets in a single-graph file
+        for key in ("signature", "tag"):
+            src.pop(key, None)
+    for key in SOURCE_KINDS:
         if key in src:
             src[key] = resolve_path(src[key], base)
     build = data["build"]

@@ -32,6 +32,9 @@ DEFAULT_IOU = {"fp32": 0.9, "fp16": 0.9, "bf16": 0.9, "int8": 0.75, "fp8": 0.75}
 # Decimal and binary (IEC 80000-13) byte units accepted for sizes (schema: build.workspace).
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+# The model-source keys (schema: source; exactly one per recipe) and those tf2onnx converts from.
+SOURCE_KINDS = ("onnx", "saved_model", "frozen_graph", "tflite")
+TF_SOURCE_KINDS = ("saved_model", "frozen_graph", "tflite")
 # The deployment options under `build` (schema: build; applied by stages/build/options.py).
 DEPLOYMENT_KEYS = ("max_aux_streams", "version_compatible", "exclude_lean_runtime", "hardware_compatibility_level",
                    "refittable", "strip_weights", "weight_streaming", "sparsity", "tf32")

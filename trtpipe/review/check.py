@@ -11,7 +11,8 @@ What it covers, in the order a run would hit it:
   settings exists in the source model (read without weights or TensorFlow, model_check.py);
 * backend compatibility: every enabled pass's precheck against the backend a run would use here
   (e.g. `nms: efficient_nms` needs the EfficientNMS_TRT plugin, which TensorRT-RTX lacks);
-* deprecated plugins (warnings): EfficientNMS_TRT and BatchedNMS_TRT, with the alternative;
+* deprecated plugins (warnings): EfficientNMS_TRT and BatchedNMS_TRT, with the alternative; build
+  caches the backend does not use (a timing cache with TensorRT-RTX, a runtime cache with TensorRT);
 * with `check --fmt`, that the file is canonically formatted (`python pipeline.py fmt`).
 
 Backend checks need the backend: where the recipe's backend is not installed (or, for `backend:
@@ -23,7 +24,8 @@ warnings with `check --warn-backend`.
 Messages are the ones a run prints (`file:line:col: key.path: message`): the recipe errors come
 from the same loader, the pass prechecks are the same functions a run calls first, and the
 source messages use the source stage's wording. Nothing here imports TensorFlow, converts or
-builds, so a folder of recipes takes about a second.
+builds, so a folder of recipes takes about a second. check_output.py prints the results as text,
+JSON or GitHub workflow annotations (`check --format`).
 """
 
 from __future__ import annotations

@@ -302,10 +302,12 @@ def cmd_fmt(argv: list[str]) -> int:
         line = (f"fmt --check: {len(paths)} recipe(s) checked, {fine} canonically formatted"
                 + (f", {len(changed)} would change (run `python pipeline.py fmt`)" if changed else "")
                 + (f", {len(broken)} unreadable" if broken else ""))
+    elif not changed and not broken:  # each rewritten file was named above; here: that none needed it
+        line = f"fmt: {len(paths)} recipe(s) already canonical; nothing rewritten"
     else:
-        line = (f"fmt: {len(paths)} recipe(s), {len(changed)} formatted, {fine} already canonical"
-                + (f", {len(broken)} unreadable" if broken else ""))
-    (ui.err.print if changed and args.check or broken else ui.out.print)(line, markup=False)
+        line = None
+    if line:
+        (ui.err.print if changed or broken else ui.out.print)(line, markup=False)
     return EXIT_RECIPE if broken or (args.check and changed) else code
 
 

@@ -167,7 +167,7 @@ def pass_text(info: PassInfo, width: int = 80) -> str:
     for name, type_text, default, required, desc in rows:
         head = f"{name}{' *' if required else ''}  {type_text.replace('`', '')}" + (
             f"  (default {default})" if default else "")
-        lines += _wrap(head, width, "      ", "  ")
+        lines += _wrap(head, width, "      ", "  ", collapse=False)
         if desc:
             lines += _wrap(desc, width, "      ", "      ")
     if info.precheck:
@@ -176,11 +176,11 @@ def pass_text(info: PassInfo, width: int = 80) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _wrap(text, width, subsequent="", initial=""):
+def _wrap(text, width, subsequent="", initial="", collapse=True):
     """`text` reflowed to `width`; long words (paths, tensor names) overflow rather than split."""
     import textwrap
-    return textwrap.wrap(" ".join(text.split()), width=width, initial_indent=initial, subsequent_indent=subsequent,
-                         break_long_words=False, break_on_hyphens=False) or [""]
+    return textwrap.wrap(" ".join(text.split()) if collapse else text.strip(), width=width, initial_indent=initial,
+                         subsequent_indent=subsequent, break_long_words=False, break_on_hyphens=False) or [""]
 
 
 def _doc_blocks(doc):

@@ -71,7 +71,24 @@ def editor_schema(recipe_schema: dict, passes: Iterable[PassInfo]) -> dict[str, 
         conditions.append({"if": {"properties": {"pass": {"const": info.name}}, "required": ["pass"]},
                            "then": {"properties": {"params": params}}})
     item["allOf"] = item.get("allOf", []) + conditions
+    _never_valid(schema)
     return schema
+
+
+def _never_valid(node):
+    """`enum: []` (a key the recipe schema keeps only to explain why it is refused, e.g.
+    `source.caffe`) as editors' validators accept it: `not: {}` (never valid), not offered at
+    completion (`doNotSuggest`); its description says why, on hover."""
+    if isinstance(node, dict):
+        if node.get("enum") == []:
+            del node["enum"]
+            node["not"] = {}
+            node["doNotSuggest"] = True
+        for value in node.values():
+            _never_valid(value)
+    elif isinstance(node, list):
+        for value in node:
+            _never_valid(value)
 
 
 def _embedded(schema, base):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trtpipe.recipe.load import load_recipe
+from trtpipe.recipe.resolved import SOURCE_KINDS
 from trtpipe.recipe.schema import load_schema
 from trtpipe.review.diff import show, stage_labels
 from trtpipe.review.fmt import key_order, sub_schema
@@ -97,7 +98,7 @@ def resolved(recipe: Recipe, backend: Backend | None, backend_error: str | None)
 
     # source paths
     src, raw_src = view["source"], raw.get("source", {})
-    for key in ("onnx", "saved_model"):
+    for key in SOURCE_KINDS:
         if key in src and raw_src.get(key) != src[key]:
             written = str(raw_src.get(key))
             how = (f"a file inside the installed package {written[4:].partition('/')[0]}"
@@ -122,8 +123,12 @@ def resolved(recipe: Recipe, backend: Backend | None, backend_error: str | None)
     if backend is not None and not backend.is_rtx:
         marks[("build", "compute_capabilities")] = _join(marks.get(("build", "compute_capabilities")),
                                                          "ignored by tensorrt (builds for the local GPU)")
-    if build.get("timing_cache") and raw_build.get("timing_cache") != build["timing_cache"]:
-        marks[("build", "timing_cache")] = f"derived: `{raw_build.get('timing_cache')}`, relative to the recipe"
+    for key in ("timing_cache", "runtime_cache"):
+        if build.get(key) and raw_build.get(key) != build[key]:
+            marks[("build", key)] = f"derived: `{raw_build.get(key)}`, relative to the recipe"
+    if build.get("timing_cache") and backend is not None and backend.is_rtx:
+        marks[("build", "timing_cache")] = _join(marks.get(("build", "timing_cache")),
+                                                 "not used by tensorrt_rtx (it has no timing cache)")
     for i, plugin in enumerate(build.get("plugins", [])):
         written = (raw_build.get("plugins") or [None] * (i + 1))[i]
         if written != plugin:
@@ -242,6 +247,11 @@ def stage_plan(recipe: Recipe, backend: Backend | None, backend_error: str | Non
     src = data["source"]
     if "onnx" in src:
         source = f"load ONNX file {src['onnx']} (external data next to it), onnx.checker"
+    elif "frozen_graph" in src:
+        source = (f"convert TF1 frozen graph {src['frozen_graph']} with tf2onnx (inputs {', '.join(src['inputs'])}; "
+                  f"outputs {', '.join(src['outputs'])}; opset {src['opset']}); imports TensorFlow")
+    elif "tflite" in src:
+        source = f"convert TFLite model {src['tflite']} with tf2onnx (opset {src['opset']}); imports TensorFlow"
     else:
         source = (f"convert SavedModel {src['saved_model']} with tf2onnx (signature {src['signature']}, "
                   f"tag {src['tag']}, opset {src['opset']}); imports TensorFlow")
@@ -319,7 +329,7 @@ def _build_text(build, backend, backend_error):
         text += f", profiles {', '.join(p['name'] for p in build['profiles'])}"
     if build.get("plugins"):
         text += f", {len(build['plugins'])} plugin librar{'y' if len(build['plugins']) == 1 else 'ies'}"
-    if build.get("timing_cache"):
+    if build.get("timing_cache") and not backend.is_rtx:  # TensorRT-RTX gets none (stages/build/plan.py)
         text += f", timing cache {build['timing_cache']}"
     return text
 

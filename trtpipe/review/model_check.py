@@ -114,6 +114,8 @@ def check_model_names(recipe: Recipe) -> tuple[list[str], list[str]]:
         Warnings: none yet from names (kept for symmetry with the other checks).
     """
     src = recipe.data["source"]
+    if not (src.get("onnx") or src.get("saved_model")):
+        return [], []  # frozen graph / TFLite: names are known only after conversion (the run checks them)
     where_src = ("source", "onnx" if src.get("onnx") else "saved_model")
     model_file = src["onnx"] if src.get("onnx") else os.path.join(src["saved_model"], "saved_model.pb")
     if not os.path.isfile(model_file):  # missing, a directory, a FIFO (never opened): check_files says so

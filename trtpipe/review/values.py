@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from trtpipe.registry import PassInfo
 
 MISSING = object()  # a key the recipe (or its defaults) does not have
-_PATH_KEYS = {("source", "onnx"), ("source", "saved_model"), ("build", "timing_cache"), ("output", "dir"),
+_PATH_KEYS = {("source", "onnx"), ("source", "saved_model"), ("source", "frozen_graph"), ("source", "tflite"),
+              ("build", "timing_cache"), ("build", "runtime_cache"),
+              ("output", "dir"),
               ("validate", "data", "npz"), ("validate", "data", "images", "dir"),
               ("precision", "calibration", "npz"), ("precision", "calibration", "images", "dir")}
 
@@ -56,6 +58,9 @@ def normalized(raw: object) -> dict:
     src = data.get("source") if isinstance(data.get("source"), dict) else {}
     if "onnx" in src:  # SavedModel settings mean nothing for an ONNX source (the run drops them)
         for key in ("signature", "tag", "opset", "large_model"):
+            src.pop(key, None)
+    elif "frozen_graph" in src or "tflite" in src:  # nor signatures and tag sets for a single-graph file
+        for key in ("signature", "tag"):
             src.pop(key, None)
     return data
 

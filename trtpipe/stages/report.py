@@ -68,6 +68,8 @@ def make_report(*, recipe: Recipe, backend: Backend, source: types.SimpleNamespa
                   "inputs": build.inputs, "outputs": build.outputs, "reproducible": build.reproducible,
                   "deployment": getattr(build, "deployment", None) or {}},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        # peak resident memory of the run when each stage ended, bytes (run_state.StageTimings)
+        "peak_memory_bytes": dict(getattr(timings, "peak_rss", {})),
         "artifacts": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
                       for name, path in artifacts.items()},
         "options": {"validate": options.validate},

@@ -62,7 +62,9 @@ def _root(rep):
     path = Path(rep["recipe"].get("path") or "")
     if not path.is_absolute():
         return None
-    repo = next((p for p in path.parents if (p / ".git").exists()), path.parent)
+    repo = next((p for p in path.parents if (p / ".git").exists()), None)
+    if repo is None:  # not in a git work tree: the folder holding the recipe's folder (recipes/ + models/)
+        repo = path.parent.parent if path.parent.parent != Path(path.anchor) else path.parent
     return path.parent, repo
 
 
@@ -123,8 +125,10 @@ def _pictures(rep, kind, alt):
     if name:
         feed = (pics.get("feed") or {}).get("text")
         return ["", f"![{alt}]({name})", "", f"*{alt}: `{name}`" + (f", {feed}" if feed else "") + ".*"]
-    if kind == "errors" and pics.get("status") == "not made" and pics.get("reason"):
-        return ["", f"*Pictures: not made ({pics['reason']}).*"]
+    why = pics.get("reason")
+    if kind == "errors" and why and (pics.get("status") == "not made" or not why.startswith(("not a detector",
+                                                                                             "no 4-D image"))):
+        return ["", f"*{'Pictures' if pics.get('status') == 'not made' else 'Detections picture'}: not made ({why}).*"]
     return []
 
 
@@ -193,7 +197,7 @@ def _precision(rep):
     kept = prec.get("kept_fp32") or {}
     if not kept:
         return []
-    lines = ["", "## Precision", "", f"{len(kept)} node(s) kept in fp32 in a {prec.get('mode')} graph"
+    lines = ["", "## Precision", "", f"{len(kept)} node(s) kept in fp32 in the {prec.get('mode')} graph"
              + (f"; {prec['casts_added']} Cast node(s) added at the boundaries" if prec.get("casts_added") else "")
              + ":", "", "| node | why it stays fp32 |", "|---|---|"]
     lines += [f"| `{node}` | {_cell(KEEP_REASONS.get(why, why))} |" for node, why in kept.items()]
@@ -216,7 +220,7 @@ def _validation(val):
     # a reason several rows share is written once, as a numbered note under the table that first has it
     seen = [o.get("reason") for c in val.get("comparisons", []) for o in c.get("outputs") or [] if o.get("reason")]
     shared = {r for r in seen if seen.count(r) > 1}
-    notes = {}
+    notes, said_once = {}, set()
     for comp in val.get("comparisons", []):
         why = comp.get("reason")
         said = why and reason in (why, f"{comp['name']}: {why}")  # the headline gave it already
@@ -238,8 +242,11 @@ def _validation(val):
                 status += f" ({o['reason']})"
             lines.append(_row(o, status))
         lines += ([""] + [f"{notes[r]}. {_cell(r)}" for r in fresh]) if fresh else []
-        lines += ["", f"Rule: {RULE}."]
-        if any(o["status"] == "inconclusive" for o in rows):
+        if "rule" not in said_once:  # the rule and what inconclusive means: once, under the first table
+            said_once.add("rule")
+            lines += ["", f"Rule: {RULE}."]
+        if "inconclusive" not in said_once and any(o["status"] == "inconclusive" for o in rows):
+            said_once.add("inconclusive")
             lines += ["", f"{EXPLAIN[0].upper()}{EXPLAIN[1:]}."]
     lines += _detections(val.get("detections"))
     for cov in ((val.get("data") or {}).get("coverage") or {}).values():
@@ -253,7 +260,8 @@ def _row(o, status):
     exact = o.get("exact")
     if exact:  # integer / bool outputs: compared exactly
         equal = f"{exact['equal']} of {exact['elements']} equal"
-        return (f"| `{o['output']}` | exact | {equal} | | {tol} | {o.get('bound') or ''} | {status} |")
+        held = "all equal" if exact["equal"] == exact["elements"] else ""
+        return f"| `{o['output']}` | exact | {equal} | | {tol} | {held} | {status} |"
     maxed = o.get("statistic") not in (None, "max") and "max_abs" in o
     return (f"| `{o['output']}` | {o.get('statistic', '')} | {_num(o.get('value'))}"
             + (f" (max {_num(o.get('max_abs'))})" if maxed else "") + f" | {_num(o.get('value_rel'))}"

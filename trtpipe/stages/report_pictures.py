@@ -54,11 +54,13 @@ def run(state: RunState, source_path: Path, final_path: Path, ctx: PassContext, 
     from trtpipe.cache.hashing import digest, versions
     key = digest({"stage": KIND, "validate": (state.stages.get("validate") or {}).get("key"),
                   "code": code_digest([__name__]), "versions": versions("onnxruntime", "pillow", "numpy")})
+    # entries hold the pictures by role (recipes with equal validation share them, under their own names)
     entry = state.cache.get(KIND, key, verify=None) if "validate" not in state.forced else None
     if entry is not None:
-        meta = entry.meta["pictures"]
-        for name in meta["files"].values():
-            _copy_public(entry.path(name), staging.path(name))
+        meta = dict(entry.meta["pictures"])
+        meta["files"] = {role: f"{state.recipe.name}.{role}.png" for role in meta["files"]}
+        for role, name in meta["files"].items():
+            _copy_public(entry.path(f"{role}.png"), staging.path(name))
         return meta
     with state.ui.working("drawing the report's pictures"):
         meta = make_pictures(recipe=state.recipe, source_path=source_path, final_path=final_path,
@@ -66,8 +68,8 @@ def run(state: RunState, source_path: Path, final_path: Path, ctx: PassContext, 
                              out_dir=staging.dir, name=state.recipe.name)
     if meta["status"] == "made":
         with state.cache.writer(KIND, key) as w:
-            for name in meta["files"].values():
-                w.add_file(name, staging.path(name))
+            for role, name in meta["files"].items():
+                w.add_file(f"{role}.png", staging.path(name))
             w.meta = {"pictures": meta}
             w.commit()
     else:
@@ -134,13 +136,14 @@ def _outputs(recipe, source_path, final_path, contract, output_map, postprocess,
     final_feed = apply_contract({**feed, **{t: src[t] for t in inner}}, contract, fin_in)
     with tempfile.TemporaryDirectory(prefix=".pictures-", dir=out_dir) as tmp:
         fin = _first(run_ort(_ort_model(recipe, final_path, tmp), "final-ort", [final_feed]))
-    named = OrderedDict((omap.get(f, f), v) for f, v in fin.items())  # under the source's names
+    named = _Named((omap.get(f, f), v) for f, v in fin.items())  # under the source's names
     if postprocess and postprocess.get("file"):
         from trtpipe.deploy.runtime import ort_session, run_postprocess
         pp_path = Path(out_dir) / Path(postprocess["file"]).name
         pp = run_postprocess(ort_session(pp_path), postprocess, fin)
         mapping = postprocess.get("outputs") or {}
         named.update((mapping.get(n, n), v) for n, v in pp.items())
+        named.detection_names = [mapping.get(n, n) for n in pp]  # what validation matches detections on
     image_input = _image_input(src_in, cfg["data"])
     kind = data.get("kind")
     desc = ("validation image " + Path(data["inputs"][image_input]["images"][0]).name
@@ -148,6 +151,12 @@ def _outputs(recipe, source_path, final_path, contract, output_map, postprocess,
             else f"validation feed 1 ({kind} data" + (f", seed {data.get('seed')})" if kind == "random" else ")"))
     return feed, image_input, src, fin, named, {"text": desc, "range": (data["inputs"].get(image_input) or {})
                                                   .get("range") if image_input else None}
+
+
+class _Named(OrderedDict):
+    """The final side's outputs under the source's names; `detection_names`: the post-processing
+    model's outputs (after `nms: split`), where detections are looked for, else None (all)."""
+    detection_names = None
 
 
 def _first(run):
@@ -159,11 +168,11 @@ def _ort_model(recipe, final_path, tmp):
     validation does (stages/validate/cached.py)."""
     if recipe.precision.mode not in ("fp16", "bf16"):
         return final_path
-    import onnx
-
+    from trtpipe.cache.files import load_model, save_model
     from trtpipe.stages.precision.mixed import emulate_in_fp32
     twin = Path(tmp) / "emulated.onnx"
-    onnx.save(emulate_in_fp32(onnx.load(str(final_path))), str(twin))
+    # external weights stay on disk, converted one tensor at a time (a model over 2 GiB works)
+    save_model(emulate_in_fp32(load_model(final_path)), twin)
     return twin
 
 
@@ -189,7 +198,7 @@ def draw_detection_pair(recipe: Any, batch: np.ndarray, desc: dict, src: dict, f
     from trtpipe.stages.validate.detections import detection_roles
     cfg = ((recipe.data.get("validate") or {}).get("detections")) or {}
     try:
-        roles = detection_roles(list(src), cfg)
+        roles = detection_roles(getattr(final_named, "detection_names", None) or list(src), cfg)
     except ValidationError as err:
         return f"not a detector ({err.message})"
     if not roles or not all(r in final_named for r in roles.values()):

@@ -70,9 +70,9 @@ def _data_places(recipe: Recipe) -> list[tuple[tuple, dict]]:
 
 def recipe_inputs(recipe: Recipe) -> list[FileUse]:
     """Every file and directory the recipe names for the run to read: the recipe, the source model
-    (an .onnx file or a SavedModel directory), validation and calibration data (.npz, image
-    folders), plugin libraries, and files named by pass parameters. External data of an ONNX
-    source is added by `external_data_inputs` (it needs the model's graph)."""
+    (an .onnx file, a SavedModel directory, a frozen graph .pb or a .tflite file), validation and
+    calibration data (.npz, image folders), plugin libraries, and files named by pass parameters.
+    External data of an ONNX source is added by `external_data_inputs` (it needs the model's graph)."""
     from trtpipe.recipe.load import resolve_path
     uses = [FileUse(str(recipe.path), "the recipe", ())]
     src = recipe.data["source"]
@@ -80,6 +80,9 @@ def recipe_inputs(recipe: Recipe) -> list[FileUse]:
         uses.append(FileUse(src["onnx"], "the source model", ("source", "onnx")))
     if src.get("saved_model"):
         uses.append(FileUse(src["saved_model"], "the source SavedModel", ("source", "saved_model"), tree=True))
+    for kind, what in (("frozen_graph", "the source frozen graph"), ("tflite", "the source TFLite model")):
+        if src.get(kind):
+            uses.append(FileUse(src[kind], what, ("source", kind)))
     for place, cfg in _data_places(recipe):
         if isinstance(cfg.get("npz"), str):
             uses.append(FileUse(resolve_path(cfg["npz"], recipe.dir), "data file", place + ("npz",)))
@@ -131,7 +134,7 @@ def input_problems(recipe: Recipe) -> list[PipelineError]:
     """Inputs that are missing or of the wrong kind, each a PipelineError (source model and its
     external data: SourceError; every other path: RecipeError) whose message starts with
     `file:line:col: key.path:`. `check` prints the messages; a run raises the first class."""
-    from trtpipe.stages.source.load import missing_path_error
+    from trtpipe.stages.source.load import missing_path_error, source_file_problem
     problems = []
     for use in recipe_inputs(recipe):
         where = _where(recipe, use.key)
@@ -141,6 +144,9 @@ def input_problems(recipe: Recipe) -> list[PipelineError]:
             problems += _source_onnx(use.path, where, missing_path_error)
         elif use.key == ("source", "saved_model"):
             problems += _saved_model(use.path, where, missing_path_error)
+        elif use.key in (("source", "frozen_graph"), ("source", "tflite")):
+            problem = source_file_problem(use.key[1], use.path, where)
+            problems += [problem] if problem else []
         elif use.key[:2] == ("build", "plugins"):
             problem = not_a_file(use.path, "plugin library")
             if special_kind(use.path) == "missing":

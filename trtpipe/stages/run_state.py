@@ -57,10 +57,26 @@ class ModelRef:
 
     def load(self) -> onnx.ModelProto:
         if self.model is None:
-            import onnx
+            from trtpipe.cache.files import load_model
             self.entry.verify(self.entry.model_files())
-            self.model = onnx.load(str(self.entry.path(MODEL)))  # external data from the entry
+            # external weights stay references to the entry's data file (files.load_model)
+            self.model = load_model(self.entry.path(MODEL))
         return self.model
+
+
+class StageTimings(dict):
+    """{stage: seconds}; each entry also records the run's peak resident memory when the stage
+    ended (`peak_rss`, bytes: this process's high-water mark, so stage by stage it only grows;
+    the build runs in a child process and is measured by bench/big_model.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak_rss: dict[str, int] = {}
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        import resource
+        super().__setitem__(stage, seconds)
+        self.peak_rss[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
 class RunState:
@@ -70,7 +86,7 @@ class RunState:
                  forced: set[str]) -> None:
         self.recipe, self.backend, self.ui, self.options = recipe, backend, ui, options
         self.cache, self.keys, self.forced = cache, keys, forced
-        self.timings, self.stages = {}, {}
+        self.timings, self.stages = StageTimings(), {}
         self.build_worker: Any = None  # the build process, started early (stages/build/isolated.py)
         self.will_build = True          # False for `bisect`: no build process is started for it
         # The model each enabled pass left, in order: (label "passes[i]", ModelRef, the context

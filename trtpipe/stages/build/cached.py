@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trtpipe.cache.files import sha256_file
-
 if TYPE_CHECKING:
     from trtpipe.stages.build.plan import BuildResult
     from trtpipe.stages.run_state import ModelRef, RunState
@@ -35,15 +33,20 @@ def run(state: RunState, final: ModelRef, final_path: Path, plan_path: Path) -> 
     if implicit:
         build_cfg["timing_cache"] = str(state.cache.timing_cache_path(backend, state.keys.device()))
     with ui.working(f"parsing and building with {backend.name}"):
-        result = build_in_child(state, final_path, build_cfg)  # parser/builder crashes become BuildErrors
+        # parser/builder crashes become BuildErrors; the plan is streamed to plan_path, not held in memory
+        result = build_in_child(state, final_path, build_cfg, plan_file=plan_path)
     if implicit:  # the recipe did not ask for a timing cache: no notes about it in the report
         result.warnings = [w for w in result.warnings if "timing cache" not in w]
         result.timing_cache = None
     with state.cache.writer("build", key) as w:
-        (w.dir / "plan").write_bytes(result.plan)
-        sha = sha256_file(w.dir / "plan")
+        if result.plan_file:
+            w.add_file("plan", result.plan_file)
+        else:
+            (w.dir / "plan").write_bytes(result.plan)
+        sha = state.cache.hasher.file(w.dir / "plan")  # remembered: commit does not read it again
         w.meta = {"summary": result.summary(), "plan_sha": sha}
         entry = w.commit("build")
-    shutil.copyfile(entry.path("plan"), plan_path)
-    state.timings["build"] = ui.done(f"plan {len(result.plan) / 2**20:.2f} MiB")
+    if not result.plan_file:
+        shutil.copyfile(entry.path("plan"), plan_path)
+    state.timings["build"] = ui.done(f"plan {result.summary()['plan_bytes'] / 2**20:.2f} MiB")
     return result, sha

@@ -157,7 +157,11 @@ def build_failure(cap: Any, network: Any, model: onnx.ModelProto, backend: Backe
             lines.append(f"  - layer '{name}' ({ltype}) from ONNX node '{node}' ({op}):")
         lines.append(f"    {msg.strip()}")
     hint = None
-    if any("no runners" in e for e in errors):
+    if any("K exceeds the maximum value allowed" in e for e in errors):
+        hint = ("TensorRT's TopK takes K <= 3840: move that TopK and what is computed from it out of the engine with "
+                "the `split_postprocess` pass (ONNX Runtime runs it after the engine), or `nms` with `mode: split` "
+                "when it is part of a detector's NMS")
+    elif any("no runners" in e for e in errors):
         hint = (f"{backend.label} has no implementation of that layer for these targets; move the op out of "
                 "the engine with a graph-surgery pass (e.g. NMS as post-processing) or use another backend")
     return BuildError("\n".join(lines), hint=hint)

@@ -46,7 +46,8 @@ class BuildWorker:
         return None if os.environ.get(ENV_IN_PROCESS) == "1" else cls(backend_name)
 
     def build(self, model_path: str, build_cfg: dict, *, timeout_s: float | None, locate: Callable | None,
-              progress: Any = None, log: Callable[[str], Any] | None = None) -> Any:
+              progress: Any = None, log: Callable[[str], Any] | None = None,
+              plan_file: str | None = None) -> Any:
         """Run `build_plan(model_path, build_cfg, backend)` in the child.
 
         Args:
@@ -56,6 +57,8 @@ class BuildWorker:
             locate: the recipe's key path -> "file:line:col" (it must pickle: a bound method of the Recipe).
             progress: the UI receiving the builder's progress phases (`phase(name, current, total)`).
             log: sink for detail lines.
+            plan_file: the child streams the plan into this file (build_plan's plan_file) rather
+                than sending its bytes back through the pipe.
 
         Returns:
             The BuildResult.
@@ -69,7 +72,7 @@ class BuildWorker:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
             try:
-                self._conn.send((model_path, build_cfg, locate))
+                self._conn.send((model_path, build_cfg, locate, plan_file))
             except (BrokenPipeError, ConnectionResetError, EOFError):  # the child died before the request
                 raise self._crash(last) from None
             while True:
@@ -133,7 +136,7 @@ def _serve(conn: Any, backend_name: str) -> None:
     from trtpipe.stages.build.plan import build_plan
     try:
         backend = resolve_backend(backend_name)
-        model_path, build_cfg, locate = conn.recv()
+        model_path, build_cfg, locate, plan_file = conn.recv()
     except (EOFError, OSError, KeyboardInterrupt):
         return  # the run ended (a cached build, or a failure before it) without asking
     except PipelineError as err:
@@ -146,7 +149,7 @@ def _serve(conn: Any, backend_name: str) -> None:
 
     try:
         result = build_plan(model_path, build_cfg, backend, locate=locate, progress=_Progress(),
-                            log=lambda msg: conn.send(("log", str(msg))))
+                            log=lambda msg: conn.send(("log", str(msg))), plan_file=plan_file)
         _reply(conn, "result", result)
     except PipelineError as err:
         _reply(conn, "error", err)
@@ -161,7 +164,7 @@ def _reply(conn: Any, kind: str, payload: Any) -> None:
         pass
 
 
-def build_in_child(state: Any, final_path: Path, build_cfg: dict) -> Any:
+def build_in_child(state: Any, final_path: Path, build_cfg: dict, plan_file: Path | None = None) -> Any:
     """The run's build: in the worker started earlier (or one started now), as BuildWorker.build."""
     worker = getattr(state, "build_worker", None) or BuildWorker.start(state.backend.name)
     state.build_worker = None  # one build per worker
@@ -169,6 +172,7 @@ def build_in_child(state: Any, final_path: Path, build_cfg: dict) -> Any:
     if worker is None:
         from trtpipe.stages.build.plan import build_plan
         return build_plan(str(final_path), build_cfg, state.backend, locate=state.recipe.locate,
-                          progress=state.ui, log=state.ui.detail)
+                          progress=state.ui, log=state.ui.detail, plan_file=plan_file)
     return worker.build(str(final_path), build_cfg, timeout_s=timeout, locate=state.recipe.locate,
-                        progress=state.ui, log=state.ui.detail)
+                        progress=state.ui, log=state.ui.detail,
+                        plan_file=str(plan_file) if plan_file is not None else None)

@@ -48,7 +48,7 @@ class BuildConfigError(RecipeError, BuildError):
 
 def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend, *,
                locate: Callable[[tuple], str] | None = None, progress: Any = None,
-               log: Callable[[str], Any] | None = None) -> BuildResult:
+               log: Callable[[str], Any] | None = None, plan_file: str | Path | None = None) -> BuildResult:
     """Parse the ONNX model with the backend's ONNX parser and build a serialized plan (engine).
 
     The network is created strongly typed (precision comes from the graph: TensorRT 11 and
@@ -71,6 +71,9 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
             (IProgressMonitor phases and steps; an exception there cancels the build and is
             re-raised).
         log: optional sink for detail lines (`-v`).
+        plan_file: stream the plan into this file (build_serialized_network_to_stream) instead of
+            returning its bytes; `plan` is then b"" and `plan_file` names it. Ignored (bytes
+            returned) by a backend without that call.
 
     Returns:
         BuildResult: `plan` (the serialized engine, bytes), backend name and version,
@@ -126,13 +129,19 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
 
         log(f"building with {backend.label}" + (f" for compute capability {', '.join(ccs)}" if ccs else ""))
         cap.reset()
-        serialized = builder.build_serialized_network(network, config)
+        if plan_file is not None and hasattr(builder, "build_serialized_network_to_stream"):
+            ok = _build_to_file(backend.trt, builder, network, config, plan_file)
+            serialized, plan = (True if ok else None), b""
+        else:
+            plan_file = None
+            serialized = builder.build_serialized_network(network, config)
         if monitor is not None and monitor.error is not None:
             raise monitor.error
         if serialized is None:
             raise _failure(cap, network, model, backend, ccs, deployment)
-        plan = bytes(memoryview(serialized))
-        del parser
+        if plan_file is None:
+            plan = bytes(memoryview(serialized))
+        del parser, serialized
         if timing_cache:
             _save_timing_cache(backend, config, timing_cache, locate, log)
         return BuildResult(
@@ -141,7 +150,7 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
             inputs=_public(inputs), outputs=_public(outputs), memory=cap.memory or None,
             num_layers=network.num_layers, warnings=notes + cap.warning_list(),
             profiles=[p["name"] for p in cfg["profiles"]], timing_cache=timing_cache,
-            deployment=deployment)
+            deployment=deployment, plan_file=str(plan_file) if plan_file is not None else None)
 
 
 def _parse(backend, builder, cap, model_path, cfg, locate, log):
@@ -188,6 +197,28 @@ def _failure(cap, network, model, backend, ccs, deployment):
     if hint:
         err.hint = hint
     return err
+
+
+def _build_to_file(trt, builder, network, config, plan_file):
+    """build_serialized_network_to_stream into `plan_file`: the plan goes to disk as the builder
+    writes it (a plan as big as its weights is never a second copy in memory). True when built."""
+
+    class _Writer(trt.IStreamWriter):
+        def __init__(self, f):
+            trt.IStreamWriter.__init__(self)
+            self.f = f
+
+        def write(self, data):
+            view = memoryview(data)
+            self.f.write(view)
+            return len(view)
+
+    with open(plan_file, "wb") as f:
+        ok = builder.build_serialized_network_to_stream(network, config, _Writer(f))
+    if not ok:
+        with contextlib.suppress(OSError):
+            os.unlink(plan_file)
+    return bool(ok)
 
 
 def _with_defaults(build_cfg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ class BuildResult:
     # and the input shapes when not given (a cached build passes back what it recorded).
     reproducible: str | None = None
     deployment: dict = field(default_factory=dict)  # deployment options set (stages/build/options.py)
+    # the plan streamed into this file instead of `plan` (build_plan's plan_file: a plan as big as
+    # its weights is never held in memory, nor sent between processes)
+    plan_file: str | None = None
 
     def __post_init__(self):
         if self.reproducible is None:
@@ -59,4 +63,5 @@ class BuildResult:
 
     def summary(self) -> dict[str, Any]:
         """Everything but the plan bytes (for the report)."""
-        return {k: v for k, v in self.__dict__.items() if k != "plan"} | {"plan_bytes": len(self.plan)}
+        size = os.path.getsize(self.plan_file) if self.plan_file else len(self.plan)
+        return {k: v for k, v in self.__dict__.items() if k not in ("plan", "plan_file")} | {"plan_bytes": size}

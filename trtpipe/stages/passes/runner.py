@@ -75,7 +75,7 @@ def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
         before = op_histogram(model)
         start = time.perf_counter()
         warned, noted = len(ctx.warnings), len(ctx.notes)
-        graph = gs.import_onnx(model)
+        graph = _import(model)
         try:
             graph = info.func(graph, item["params"], ctx)
         except PipelineError as err:  # located at the parameter the error names (key_path), if any
@@ -145,6 +145,25 @@ class _Single:
 
     def locate(self, path: tuple) -> str:
         return "<run_pass>"
+
+
+class _ExternalValues(gs.ir.tensor.LazyValues):
+    """LazyValues of a weight kept in external data (absolute location, cache.files.load_model):
+    read from its file only if a pass asks for the values; exported as the same reference."""
+
+    def load(self):
+        from trtpipe.cache.files import read_tensor
+        return read_tensor(self.tensor)
+
+
+def _import(model):
+    """gs.import_onnx, with weights in external data left on disk until a pass reads them."""
+    graph = gs.import_onnx(model)
+    for tensor in graph.tensors().values():
+        lazy = getattr(tensor, "_values", None)
+        if isinstance(lazy, gs.ir.tensor.LazyValues) and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor._values = _ExternalValues(lazy.tensor)
+    return graph
 
 
 def _export(graph, previous, label, where):

@@ -6,10 +6,12 @@ contract the passes recorded."""
 from __future__ import annotations
 
 import functools
+import tempfile
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trtpipe.cache.files import external_files
 from trtpipe.graph.types import LOW, np_low_dtype
 from trtpipe.stages.run_state import ModelRef
 
@@ -40,8 +42,15 @@ def run(state: RunState, cur: ModelRef, source: types.SimpleNamespace, source_pa
         make_feeds = functools.partial(_final_feeds, recipe, source_path, ctx, model)
         feeds = make_feeds(recipe.data["validate"]["data"])
     ccs = recipe.data["build"]["compute_capabilities"] if backend.name == "tensorrt_rtx" else []
+    # weights converted from external data are streamed to a scratch file, then stored in the entry
+    streamed = bool(external_files(model)) and cfg["mode"] != "fp32"
+    scratch = None
+    if streamed:
+        state.cache.tmp_dir.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(dir=state.cache.tmp_dir, prefix="precision-scratch-")
     model, stats = apply_precision(model, recipe.data["precision"], compute_capabilities=ccs, data_feeds=feeds,
-                                   locate=recipe.locate, log=ui.detail, recipe_dir=recipe.dir, make_feeds=make_feeds)
+                                   locate=recipe.locate, log=ui.detail, recipe_dir=recipe.dir, make_feeds=make_feeds,
+                                   scratch_dir=scratch.name if scratch else None)
     for name, dtype in (stats.get("io_types_changed") or {}).items():
         # keep_io_types: false changed a graph input's type: validation data must follow. The
         # contract's cast steps name numpy dtypes ("float16"); the stats use precision names ("fp16").
@@ -52,8 +61,11 @@ def run(state: RunState, cur: ModelRef, source: types.SimpleNamespace, source_pa
         sha = w.save_model(model)
         w.meta = {"model_sha": sha, "stats": stats, "input_contract": ctx.input_contract, "ops_final": ops_final}
         entry = w.commit("precision")
+    if scratch is not None:
+        scratch.cleanup()
     state.timings["precision"] = ui.done(_summary(cfg, stats))
-    return ModelRef(sha, entry, model), stats, ops_final
+    # a model streamed through the scratch file is read back from the entry when needed
+    return ModelRef(sha, entry, None if streamed else model), stats, ops_final
 
 
 def _summary(cfg, stats):

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from trtpipe.cache.files import external_files, external_tensor, read_tensor, save_model
 from trtpipe.graph.check import check_rewritten  # the same check every pass output gets
 from trtpipe.graph.types import (
     LOW,
@@ -35,13 +36,13 @@ from trtpipe.graph.types import (
     activation_ranges,
     convert_opset,
     data_path,
-    emulate_in_fp32,
     infer_types,
     np_low_dtype,
     opset_of,
     precision_counts,
     subgraph_reads,
 )
+from trtpipe.graph.types import emulate_in_fp32 as _emulate_in_fp32
 from trtpipe.recipe.precision import check_targets, normalize
 from trtpipe.stages.precision.select import check_op_types, match_nodes
 
@@ -61,6 +62,7 @@ def apply_precision(model: onnx.ModelProto, precision_cfg: str | dict | None, *,
                     locate: Callable[[tuple], str] | None = None, log: Callable[[str], Any] | None = None,
                     recipe_dir: str | Path | None = None,
                     make_feeds: Callable[[dict], list[dict[str, np.ndarray]]] | None = None,
+                    scratch_dir: str | Path | None = None,
                     ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Rewrite `model` (not modified) to the recipe's precision (stage 4).
 
@@ -87,6 +89,9 @@ def apply_precision(model: onnx.ModelProto, precision_cfg: str | dict | None, *,
         make_feeds: `make_feeds(calibration_cfg)` turns a declared `precision.calibration`
             (validate.data's form, for the source model) into final-model feeds; None: the data is
             made for the final model's inputs directly.
+        scratch_dir: where fp16/bf16 weights converted from external data are written, tensor
+            by tensor (the result refers to them there; trtpipe.cache.files.save_model stores
+            them); default a temporary directory that lives as long as the process.
 
     Returns:
         (the rewritten model, or `model` itself for fp32; stats): `mode`, `config` (normalized),
@@ -112,7 +117,7 @@ def apply_precision(model: onnx.ModelProto, precision_cfg: str | dict | None, *,
     if mode == "fp32":
         out = model
     elif mode in LOW:
-        out, part = convert_float(model, cfg, data_feeds, locate=locate, log=log)
+        out, part = convert_float(model, cfg, data_feeds, locate=locate, log=log, scratch_dir=scratch_dir)
         stats.update(part)
     else:
         from trtpipe.stages.precision.quantize import quantize
@@ -129,8 +134,11 @@ def apply_precision(model: onnx.ModelProto, precision_cfg: str | dict | None, *,
 
 def convert_float(model: onnx.ModelProto, cfg: dict, data_feeds: list[dict[str, np.ndarray]] | None = None, *,
                   locate: Callable[[tuple], str] | None = None,
-                  log: Callable[[str], Any] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Mixed-precision rewrite (fp16 or bf16) -> (model, stats part)."""
+                  log: Callable[[str], Any] | None = None,
+                  scratch_dir: str | Path | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Mixed-precision rewrite (fp16 or bf16) -> (model, stats part). Weights in external data
+    (trtpipe.cache.files.load_model) are read, converted and written to `scratch_dir` one
+    tensor at a time: the model's weights are never all in memory."""
     log = log or (lambda msg: None)
     mode, lp = cfg["mode"], LOW[cfg["mode"]]
     notes = []
@@ -153,7 +161,8 @@ def convert_float(model: onnx.ModelProto, cfg: dict, data_feeds: list[dict[str, 
         feeds = (data_feeds or [])[:GUARD_SAMPLES]
         if feeds:
             watch = [t for t in data if types.get(t) == TensorProto.FLOAT]
-            maxabs = activation_ranges(model, watch, feeds)
+            maxabs = (_ranges_from_file(model, watch, feeds) if external_files(model)
+                      else activation_ranges(model, watch, feeds))
             guard = {"enabled": True, "samples": len(feeds), "threshold": cfg["overflow_threshold"],
                      "max_abs": max(maxabs.values(), default=0.0)}
         else:
@@ -179,7 +188,12 @@ def convert_float(model: onnx.ModelProto, cfg: dict, data_feeds: list[dict[str, 
         else:
             plan[idx] = (positions, f32_out)
     io_before = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.output)}
-    casts = _rewrite(model, plan, types, data, pinned, lp, mode, cfg["keep_io_types"])
+    stream = _LowWriter(scratch_dir) if external_files(model) else None
+    try:
+        casts = _rewrite(model, plan, types, data, pinned, lp, mode, cfg["keep_io_types"], stream)
+    finally:
+        if stream is not None:
+            stream.close()
     # with keep_io_types false callers feed/read these in the new type (validation casts its data)
     io_changed = {v.name: SHORT[lp] for v in list(g.input) + list(g.output)
                   if io_before.get(v.name) != v.type.tensor_type.elem_type}
@@ -247,7 +261,7 @@ def _range_reason(node, maxabs, inits, cfg, mode, positions):
     for i in positions or ():
         init = inits.get(node.input[i])
         if init is not None and init.data_type == TensorProto.FLOAT:
-            big = float(np.max(np.abs(numpy_helper.to_array(init)), initial=0.0))
+            big = float(np.max(np.abs(read_tensor(init)), initial=0.0))  # one tensor at a time
             if big > FP16_MAX:
                 return f"weights: |w| reaches {big:.3g} (tensor '{init.name}'), beyond fp16's {FP16_MAX:g}"
     limit = cfg["overflow_threshold"]
@@ -258,7 +272,7 @@ def _range_reason(node, maxabs, inits, cfg, mode, positions):
     return None
 
 
-def _rewrite(model, plan, types, data, pinned, lp, mode, keep_io):
+def _rewrite(model, plan, types, data, pinned, lp, mode, keep_io, stream=None):
     """Apply the plan in one pass over the (topologically ordered) nodes; Casts are created
     just before their first consumer. Returns how many Casts were added."""
     g = model.graph
@@ -288,8 +302,12 @@ def _rewrite(model, plan, types, data, pinned, lp, mode, keep_io):
         if t not in to_low:
             init = inits.get(t)
             if init is not None:  # weights: convert once (round to nearest even)
-                arr = numpy_helper.to_array(init).astype(np_low_dtype(lp))
-                new = numpy_helper.from_array(arr, fresh(f"{t}_{mode}"))
+                arr = read_tensor(init).astype(np_low_dtype(lp))
+                if stream is not None and init.data_location == TensorProto.EXTERNAL:
+                    new = stream.write(arr, fresh(f"{t}_{mode}"), lp)  # streamed to disk
+                else:
+                    new = numpy_helper.from_array(arr, fresh(f"{t}_{mode}"))
+                del arr
                 g.initializer.append(new)
                 to_low[t] = new.name
             else:
@@ -346,6 +364,110 @@ def _rewrite(model, plan, types, data, pinned, lp, mode, keep_io):
     g.input.extend(inputs)
     del g.value_info[:]  # stale types; shape inference recomputes them
     return added[0]
+
+
+_SCRATCH = []
+
+
+def emulate_in_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """trtpipe.graph.types.emulate_in_fp32 (an fp32 twin of an fp16/bf16 graph for ONNX Runtime),
+    with weights in external data converted one tensor at a time into a scratch data file (the
+    twin refers to them there) rather than all in memory.
+
+    Args:
+        model: the fp16/bf16 model (not modified).
+
+    Returns:
+        The twin; its external weights live in a temporary directory kept until the process ends.
+    """
+    if not external_files(model):
+        return _emulate_in_fp32(model)
+    # External low-precision weights become typed graph inputs for the rewrite (it rounds such
+    # inputs through a Cast pair: a no-op on values already in fp16/bf16), then fp32 weights again.
+    lows = set(LOW.values())
+    light = copy.deepcopy(model)  # graph only: the weights are references
+    g = light.graph
+    moved = [t for t in g.initializer if t.data_type in lows and t.data_location == TensorProto.EXTERNAL]
+    names = {t.name for t in moved}
+    keep = [t for t in g.initializer if t.name not in names]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    twin = _emulate_in_fp32(light)
+    inputs = [v for v in twin.graph.input if v.name not in names]
+    del twin.graph.input[:]
+    twin.graph.input.extend(inputs)
+    stream = _LowWriter(None)
+    try:
+        for t in moved:  # one tensor at a time, into the scratch file
+            arr = read_tensor(t).astype(np.float32)
+            twin.graph.initializer.append(stream.write(arr, t.name, TensorProto.FLOAT))
+            del arr
+    finally:
+        stream.close()
+    return twin
+
+
+class _LowWriter:
+    """Appends converted weights to one data file and returns external references to them."""
+
+    def __init__(self, scratch_dir):
+        import tempfile
+        if scratch_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="trtpipe-precision-")
+            _SCRATCH.append(tmp)  # the returned model refers to it: kept until the process ends
+            scratch_dir = tmp.name
+        self.path = Path(scratch_dir).resolve() / "converted.data"
+        self.file = open(self.path, "wb")
+        self.pos = 0
+
+    def write(self, arr, name, data_type):
+        pad = -self.pos % 4096
+        self.file.write(b"\0" * pad)
+        self.pos += pad
+        raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        self.file.write(raw)
+        t = external_tensor(name, data_type, list(arr.shape), self.path, self.pos, len(raw))
+        self.pos += len(raw)
+        return t
+
+    def close(self):
+        self.file.close()
+
+
+def _ranges_from_file(model, names, feeds):
+    """activation_ranges for a model whose weights stay in external data: ONNX Runtime reads
+    them from a saved copy (data hard-linked where possible), never from a serialized blob."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from trtpipe.errors import PassError
+    probe = copy.deepcopy(model)  # graph only: the weights are references
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names
+                              if n not in have)
+    with tempfile.TemporaryDirectory(prefix="trtpipe-guard-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(probe, path, link_from="/")
+        del probe
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            out_names = [o.name for o in sess.get_outputs()]
+            inputs = [i.name for i in sess.get_inputs()]
+            maxabs = {}
+            for feed in feeds:
+                for name, val in zip(out_names, sess.run(out_names, {k: feed[k] for k in inputs if k in feed})):
+                    if name in names and np.issubdtype(val.dtype, np.floating) and val.size:
+                        maxabs[name] = max(maxabs.get(name, 0.0), float(np.max(np.abs(val))))
+        except Exception as err:
+            raise PassError(f"precision: overflow guard: ONNX Runtime could not run the fp32 model on the "
+                            f"validation data: {str(err).strip().splitlines()[0]}") from None
+        del sess
+    return maxabs
 
 
 def _check(model, mode):

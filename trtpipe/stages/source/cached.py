@@ -1,6 +1,6 @@
-"""The source stage, cached: the recipe's model as ONNX (a SavedModel is converted once per
-content, converter options and tool versions), copied into the staging directory. A cached
-source is not loaded into memory: its metadata says everything the report needs."""
+"""The source stage, cached: the recipe's model as ONNX (a SavedModel, frozen graph or TFLite file
+is converted once per content, converter options and tool versions), copied into the staging
+directory. A cached source is not loaded into memory: its metadata says everything the report needs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtpipe.cache.files import MODEL, copy_model
+from trtpipe.recipe.resolved import SOURCE_KINDS, TF_SOURCE_KINDS
 from trtpipe.stages.run_state import ModelRef
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ def run(state: RunState, source_path: Path) -> tuple[types.SimpleNamespace, Mode
     entry = state.lookup("source", key, "source", verify=None)
     if entry is not None:
         copy_model(entry.path(MODEL), source_path)
-        source = _info(entry.meta, path=src.get("onnx") or src.get("saved_model"))
+        source = _info(entry.meta, path=next(src[k] for k in SOURCE_KINDS if src.get(k)))
         state.timings["source"] = ui.done(f"cached: {source.kind}, {source.nodes} nodes, opset {source.opset}")
         return source, ModelRef(source.sha, entry)
     from trtpipe.stages.build.isolated import BuildWorker
@@ -35,7 +36,7 @@ def run(state: RunState, source_path: Path) -> tuple[types.SimpleNamespace, Mode
     if state.will_build:
         state.build_worker = state.build_worker or BuildWorker.start(state.backend.name)
     state.quiet()
-    with ui.working("converting with tf2onnx" if src.get("saved_model") else "loading and checking the model"):
+    with ui.working("loading and checking the model" if src.get("onnx") else "converting with tf2onnx"):
         loaded = load_source(src, locate=recipe.locate, log=ui.detail)
     with state.cache.writer("source", key) as w:
         sha = w.save_model(loaded.model)
@@ -57,4 +58,6 @@ def _info(meta, path):
 def _label(src):
     if "onnx" in src:
         return f"ONNX {src['onnx']}"
-    return f"SavedModel {src['saved_model']} (tf2onnx, opset {src['opset']})"
+    kind = next(k for k in TF_SOURCE_KINDS if src.get(k))
+    what = {"saved_model": "SavedModel", "frozen_graph": "frozen graph", "tflite": "TFLite"}[kind]
+    return f"{what} {src[kind]} (tf2onnx, opset {src['opset']})"

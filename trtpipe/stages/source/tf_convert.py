@@ -1,5 +1,5 @@
-"""SavedModel -> onnx.ModelProto with tf2onnx, in-process (what `python -m tf2onnx.convert
---saved-model` does), for the source stage.
+"""SavedModel, TF1 frozen graph or TFLite file -> onnx.ModelProto with tf2onnx, in-process (what
+`python -m tf2onnx.convert --saved-model / --graphdef / --tflite` does), for the source stage.
 
 Importing this module is cheap: TensorFlow and tf2onnx are imported when a conversion starts
 (seconds). Their INFO/WARNING chatter is hidden and their errors kept; TF ops tf2onnx leaves
@@ -27,11 +27,12 @@ from trtpipe.stages.source.tf2onnx_internals import convert_graph_def, numpy_com
 # TF's C++ INFO/WARNING lines ("I0000 00:00:17.. port.cc:153] ..."): printed to fd 2 even with
 # TF_CPP_MIN_LOG_LEVEL=2 before absl is set up, with a banner; cpu_feature_guard's INFO has a 2nd line.
 _TF_SPAM = re.compile(r"^([IW]\d{4} \d|WARNING: All log messages before absl::Init|To enable the following "
-                      r"instructions: .*rebuild TensorFlow)")
+                      r"instructions: .*rebuild TensorFlow|INFO: Created TensorFlow Lite XNNPACK delegate)")
 
 
 def convert_saved_model(path: str, cfg: dict, where: Callable[..., str], log: Callable[[str], Any] | None,
                         timings: dict[str, float], versions: dict[str, str], large_dir: str,
+                        start_points: list[str] | None = None,
                         ) -> tuple[onnx.ModelProto, str | None, dict[str, list]]:
     """Convert the SavedModel directory `path` as the recipe's `source` section `cfg` says.
 
@@ -39,7 +40,9 @@ def convert_saved_model(path: str, cfg: dict, where: Callable[..., str], log: Ca
     import_tf / convert seconds, `versions` tensorflow + tf2onnx. Returns (model, onnx_path,
     unconverted): with `large_model` the model is written to `large_dir` with external data and
     `onnx_path` names it (read it back from there), else onnx_path is None. `unconverted`:
-    {TF op: [count, example node]} tf2onnx left as they were."""
+    {TF op: [count, example node]} tf2onnx left as they were. When some of those decode strings
+    (DecodeJpeg, ...: no ONNX opset defines them), `start_points` (if given) gets the tensors where
+    the decoding ends, for `source.inputs` (decoded_tensors)."""
     _say(log, f"source: converting SavedModel {path} with tf2onnx"
          + ("" if "tensorflow" in sys.modules else " (importing TensorFlow takes seconds)"))
     with _quiet_tf(log) as collected:
@@ -51,7 +54,119 @@ def convert_saved_model(path: str, cfg: dict, where: Callable[..., str], log: Ca
         t = time.perf_counter()
         model, storage = _tf2onnx(tf, path, tags, cfg, where, collected)
         timings["convert"] = time.perf_counter() - t
+        if start_points is not None and set(collected.unconverted) & STRING_OPS:
+            start_points += decoded_tensors(collected.graph_def)
     return model, _materialize(model, storage, large_dir) if storage else None, collected.unconverted
+
+
+def convert_tf_file(kind: str, path: str, cfg: dict, where: Callable[..., str], log: Callable[[str], Any] | None,
+                    timings: dict[str, float], versions: dict[str, str], large_dir: str,
+                    ) -> tuple[onnx.ModelProto, str | None, dict[str, list]]:
+    """Convert a TF1 frozen graph or a TFLite file as the recipe's `source` section `cfg` says, with
+    tf2onnx's own loaders (`tf_loader.from_graphdef`, as `python -m tf2onnx.convert --graphdef`;
+    its TFLite reader, as `--tflite`) and the same conversion, determinism and unconverted-op
+    collection as convert_saved_model.
+
+    Args:
+        kind: "frozen_graph" (a .pb GraphDef; `cfg["inputs"]`/`cfg["outputs"]` name its TF tensors,
+            "x:0") or "tflite" (a .tflite flatbuffer; `inputs`/`outputs` optional, TFLite tensor names).
+        path: the file.
+        cfg, where, log, timings, versions, large_dir: as for convert_saved_model.
+
+    Returns:
+        (model, onnx_path, unconverted), as convert_saved_model.
+
+    Raises:
+        SourceError: the file is not a GraphDef / TFLite model; a name is not a tensor of the graph
+            (with a did-you-mean); tf2onnx failed.
+    """
+    what = {"frozen_graph": "frozen graph", "tflite": "TFLite model"}[kind]
+    _say(log, f"source: converting {what} {path} with tf2onnx"
+         + ("" if "tensorflow" in sys.modules else " (importing TensorFlow takes seconds)"))
+    with _quiet_tf(log) as collected:
+        t = time.perf_counter()
+        tf, tf2onnx = _import_tf()
+        timings["import_tf"] = time.perf_counter() - t
+        versions.update(tensorflow=tf.__version__, tf2onnx=tf2onnx.__version__)
+        t = time.perf_counter()
+        model, storage = (_frozen_graph if kind == "frozen_graph" else _tflite)(tf, path, cfg, where, collected)
+        timings["convert"] = time.perf_counter() - t
+    return model, _materialize(model, storage, large_dir) if storage else None, collected.unconverted
+
+
+def _frozen_graph(tf, path, cfg, where, collected):
+    """What `python -m tf2onnx.convert --graphdef PATH --inputs .. --outputs ..` does, in-process."""
+    from tf2onnx import tf_loader
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        with open(path, "rb") as f:
+            graph_def.ParseFromString(f.read())
+    except Exception as err:    # protobuf DecodeError
+        raise SourceError(f"{where('frozen_graph')}: {path}: not a valid TensorFlow GraphDef: {err}") from err
+    if not graph_def.node:      # an empty file, or another protobuf (a SavedModel's saved_model.pb) decodes "fine"
+        saved = os.path.basename(path) == "saved_model.pb"
+        raise SourceError(f"{where('frozen_graph')}: {path}: not a frozen TensorFlow GraphDef (no nodes)",
+                          hint=f"it is a SavedModel: use `saved_model: {os.path.dirname(path)}`" if saved else None)
+    try:
+        with tf.Graph().as_default() as probe:
+            tf.graph_util.import_graph_def(graph_def, name="")
+    except Exception as err:
+        raise SourceError(f"{where('frozen_graph')}: TensorFlow could not import the GraphDef {path}: {err}") from err
+    placeholders = [f"{op.name}:0" for op in probe.get_operations() if op.type == "Placeholder"]
+    tensors = [t.name for op in probe.get_operations() for t in op.outputs]
+    for key, universe in (("inputs", placeholders or tensors), ("outputs", tensors)):
+        for name in cfg[key]:
+            try:
+                probe.get_tensor_by_name(name)
+            except (KeyError, ValueError):
+                listing = f"; its placeholders: {', '.join(placeholders) or '(none)'}" if key == "inputs" else ""
+                raise SourceError(f"{where(key)}: {name!r} is not a tensor of {path} (TF tensor names are "
+                                  f"\"node:index\"){listing}", hint=did_you_mean(name, universe)
+                                  or did_you_mean(name, tensors)) from None
+    try:
+        graph_def, ins, outs = tf_loader.from_graphdef(path, list(cfg["inputs"]), list(cfg["outputs"]))
+    except Exception as err:
+        raise SourceError(f"{where('frozen_graph')}: TensorFlow could not load {path}: {err}") from err
+    collected.graph_def = graph_def
+    return _convert(tf, graph_def, "frozen_graph", path, cfg, where, collected, ins, outs,
+                    _names(cfg, where, tensors), tensors_to_rename={}, initialized_tables={})
+
+
+def _tflite(tf, path, cfg, where, collected):
+    """What `python -m tf2onnx.convert --tflite PATH [--inputs ..] [--outputs ..]` does, in-process."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] != b"TFL3":    # the TFLite flatbuffer's file identifier (tensorflow/lite/schema/schema.fbs)
+        raise SourceError(f"{where('tflite')}: {path}: not a TFLite model (no TFL3 file identifier)")
+    try:
+        interpreter = tf.lite.Interpreter(model_path=path)
+        details = interpreter.get_tensor_details()
+    except Exception as err:
+        raise SourceError(f"{where('tflite')}: TensorFlow Lite could not read {path}: {err}") from err
+    tensors = [d["name"] for d in details]
+    own = {"inputs": [d["name"] for d in interpreter.get_input_details()],
+           "outputs": [d["name"] for d in interpreter.get_output_details()]}
+    for key in ("inputs", "outputs"):
+        for name in cfg.get(key) or []:
+            if name not in tensors:
+                raise SourceError(f"{where(key)}: {name!r} is not a tensor of {path}; its {key}: "
+                                  f"{', '.join(own[key]) or '(none)'}",
+                                  hint=did_you_mean(name, own[key]) or did_you_mean(name, tensors))
+    ins, outs = list(cfg.get("inputs") or []) or None, list(cfg.get("outputs") or []) or None
+    return _convert(tf, None, "tflite", path, cfg, where, collected, ins or own["inputs"], outs or own["outputs"],
+                    _names(cfg, where, tensors), tflite_path=path, tensors_to_rename=None, initialized_tables=None)
+
+
+def _names(cfg, where, universe):
+    """The tf2onnx option lists (shape_override, inputs_as_nchw, ...) for a single-graph source: TF
+    tensor names, checked against the graph's."""
+    def names(key, known, *parent):
+        for name in (cfg.get("tf2onnx") or {}).get(key) or []:
+            if name not in known and name not in universe:
+                raise SourceError(f"{where(*parent, key)}: {name!r} is not an input or output tensor; "
+                                  f"available: {', '.join(known)}", hint=did_you_mean(name, known))
+        return list((cfg.get("tf2onnx") or {}).get(key) or [])
+    return names
 
 
 def _say(log, msg, stderr=False):
@@ -108,17 +223,32 @@ def _resolve(names, universe, rename, where):
 def _tf2onnx(tf, path, tags, cfg, where, collected):
     """What `python -m tf2onnx.convert --saved-model` does (tf2onnx 1.17 convert.main), in-process."""
     from tf2onnx import tf_loader
-    large, opts, opset = cfg.get("large_model", False), cfg.get("tf2onnx") or {}, cfg.get("opset", 17)
+    large, opts = cfg.get("large_model", False), cfg.get("tf2onnx") or {}
     try:
         graph_def, ins, outs, tables, rename = tf_loader.from_saved_model(
             path, None, None, tags, [cfg.get("signature", "serving_default")], None, large,
             return_initialized_tables=True, return_tensors_to_rename=True)
     except Exception as err:
         raise SourceError(f"{where('saved_model')}: TensorFlow could not load {path}: {err}") from err
+    collected.graph_def = graph_def
 
     def names(key, universe, *parent):
         return _resolve((opts if parent else cfg).get(key) or [], universe, rename, where(*parent, key))
+    inner = [n for n in cfg.get("inputs") or [] if n not in ins and n not in rename.values()]
+    if inner:  # conversion starts at tensors inside the graph (after string decoding, say)
+        graph_def, placeholders = start_at(tf, graph_def, inner, where("inputs"), [rename.get(t, t) for t in ins])
+        rename.update({p: p.split(":")[0] for p in placeholders})
+        ins = [n for n in ins if n not in (cfg.get("inputs") or [])] + placeholders
+        cfg = {**cfg, "inputs": [n for n in cfg["inputs"] if n not in inner] + placeholders}
     ins, outs = names("inputs", ins) or ins, names("outputs", outs) or outs
+    return _convert(tf, graph_def, "saved_model", path, cfg, where, collected, ins, outs, names,
+                    tensors_to_rename=rename, initialized_tables=tables)
+
+
+def _convert(tf, graph_def, kind, path, cfg, where, collected, ins, outs, names, **extra):
+    """tf2onnx's CLI conversion (tf2onnx_internals.convert_graph_def), made deterministic, with
+    the recipe's options; its failures as a SourceError at `source.<kind>`."""
+    large, opts, opset = cfg.get("large_model", False), cfg.get("tf2onnx") or {}, cfg.get("opset", 17)
     shapes = opts.get("shape_override") or {}
     shapes = {k: [d if d is not None and d >= 0 else None for d in v]     # tf2onnx: None = unknown dim
               for k, v in zip(names("shape_override", ins, "tf2onnx"), shapes.values())}
@@ -129,18 +259,88 @@ def _tf2onnx(tf, path, tags, cfg, where, collected):
             # doc_string: no absolute path, so the bytes do not depend on it.
             return convert_graph_def(
                 graph_def, name=os.path.basename(os.path.normpath(path)), continue_on_error=False, opset=opset,
-                target=opts.get("target") or None,
-                input_names=ins, output_names=outs, tensors_to_rename=rename, initialized_tables=tables,
+                target=opts.get("target") or None, input_names=ins, output_names=outs,
                 large_model=large, custom_op_handlers={}, extra_opset=[], shape_override=shapes or None,
                 inputs_as_nchw=names("inputs_as_nchw", ins, "tf2onnx"),
-                outputs_as_nchw=names("outputs_as_nchw", outs, "tf2onnx"))
+                outputs_as_nchw=names("outputs_as_nchw", outs, "tf2onnx"), **extra)
     except SourceError:
         raise
     except Exception as err:
         context = "".join(f"\n    {e.split(' (fct=')[0]}" for e in collected.errors[-5:])
         collected.errors.clear()        # now in the message: not replayed as well
-        raise SourceError(f"{where('saved_model')}: tf2onnx could not convert {path} at opset {opset}: "
+        raise SourceError(f"{where(kind)}: tf2onnx could not convert {path} at opset {opset}: "
                           f"{err}{context}", hint="try another `source.opset`, or change that node") from err
+
+
+# TF ops that read or make strings: no ONNX opset has them, and TensorRT takes no strings.
+STRING_OPS = {"DecodeJpeg", "DecodePng", "DecodeImage", "DecodeBmp", "DecodeGif", "DecodeAndCropJpeg", "DecodeRaw",
+              "DecodeBase64", "ParseExample", "ParseExampleV2", "ParseSingleExample", "StringSplit", "StringToNumber",
+              "Substr", "ReadFile"}
+_PLUMBING = {"TensorListFromTensor", "TensorListReserve", "TensorListStack", "TensorListGetItem", "TensorListSetItem",
+             "While", "StatelessWhile", "Shape", "StridedSlice", "Identity", "Const", "Placeholder"}
+
+
+def decoded_tensors(graph_def: Any) -> list[str]:
+    """Where string decoding ends: the tensors downstream of the graph's string Placeholders that the
+    first node doing numeric work reads (e.g. a tf.map_fn's stacked decoded images), as "node:index"."""
+    string_dtype = 7  # DT_STRING
+    by_name = {n.name: n for n in graph_def.node}
+    reached = {n.name for n in graph_def.node if n.op == "Placeholder" and n.attr["dtype"].type == string_dtype}
+    found = []
+    for node in graph_def.node:  # frozen GraphDefs are in topological order
+        inputs = [i.lstrip("^") for i in node.input]
+        hit = [i for i in inputs if i.split(":")[0] in reached]
+        if not hit:
+            continue
+        if node.op in _PLUMBING or node.op in STRING_OPS:
+            reached.add(node.name)
+            continue
+        found += [i if ":" in i else f"{i}:0" for i in hit
+                  if by_name.get(i.split(":")[0]) is not None and by_name[i.split(":")[0]].op != "Placeholder"]
+    return list(dict.fromkeys(found))
+
+
+def start_at(tf: Any, graph_def: Any, tensors: list[str], where: str,
+             signature: list[str] = ()) -> tuple[Any, list[str]]:
+    """A frozen GraphDef whose inputs are the given inner tensors: each becomes a Placeholder of its
+    dtype and static shape (TF's import_graph_def input_map), named after it, and what only fed it
+    (e.g. a string input decoded by DecodeJpeg in a tf.map_fn) is dropped when the conversion prunes.
+
+    Args:
+        tf: the tensorflow module.
+        graph_def: the frozen GraphDef tf2onnx's loader returned.
+        tensors: TF tensor names ("node:index") inside it.
+        where: the recipe key's place, for messages.
+        signature: the signature's input names (for the message when a name is neither).
+
+    Returns:
+        (the new GraphDef, the placeholders' tensor names, in the order of `tensors`).
+
+    Raises:
+        SourceError: a name is not a tensor of the graph (with a did-you-mean).
+    """
+    with tf.Graph().as_default() as probe:
+        tf.graph_util.import_graph_def(graph_def, name="")
+    specs = []
+    for name in tensors:
+        try:
+            t = probe.get_tensor_by_name(name if ":" in name else f"{name}:0")
+        except (KeyError, ValueError):
+            known = list(signature) + [f"{op.name}:0" for op in probe.get_operations()]
+            raise SourceError(f"{where}: {name!r} is not in the signature; available: {', '.join(signature)}; nor is "
+                              f"it a tensor inside the graph (\"node:index\", to start the conversion there)",
+                              hint=did_you_mean(name, known)) from None
+        specs.append((t.name, t.dtype, t.shape))
+    with tf.Graph().as_default() as graph:
+        holders = [tf.compat.v1.placeholder(dtype, shape, name=_placeholder_name(name)) for name, dtype, shape in specs]
+        tf.graph_util.import_graph_def(graph_def, input_map={name: h for (name, _, _), h in zip(specs, holders)},
+                                       name="")
+    return graph.as_graph_def(), [h.name for h in holders]
+
+
+def _placeholder_name(tensor):
+    """'StatefulPartitionedCall/map/TensorArrayV2Stack/TensorListStack:0' -> 'TensorListStack_input'."""
+    return tensor.split(":")[0].split("/")[-1] + "_input"
 
 
 def _materialize(model, storage, tmp):
@@ -157,7 +357,7 @@ class _Collect(logging.Handler):
 
     def __init__(self):
         super().__init__(logging.ERROR)
-        self.unconverted, self.errors = {}, []
+        self.unconverted, self.errors, self.graph_def = {}, [], None
 
     def emit(self, record):
         if str(record.msg).startswith("Tensorflow op [") and len(record.args or ()) == 2:

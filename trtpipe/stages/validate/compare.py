@@ -31,12 +31,12 @@ from trtpipe.recipe.resolved import resolve_validate
 from trtpipe.stages.validate import informative, plugin_cut
 from trtpipe.stages.validate.corners import concat_feeds, concat_outputs, data_config, profile_corners
 from trtpipe.stages.validate.data import apply_contract, cut_inputs, make_source_feeds, model_io, quiet_polygraphy
+from trtpipe.stages.validate.finite import check_reference_finite
 from trtpipe.stages.validate.outputs import (
     ENGINE,
     FINAL,
     POST,
     SOURCE,
-    check_reference_finite,
     compare_outputs,
     inner_tensors,
     match_detections,

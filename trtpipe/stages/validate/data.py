@@ -104,7 +104,7 @@ def _source_key(key, source_inputs, contract, where):
         return key
     if key in contract and contract[key].get("source_input") in source_inputs:
         return contract[key]["source_input"]
-    raise ValidationError(f"{where}: '{key}' is not an input of the source model "
+    raise ValidationNotRunError(f"{where}: '{key}' is not an input of the source model "
                           f"{list(source_inputs)}{suggest(key, list(source_inputs) + list(contract), cutoff=0.5)}")
 
 
@@ -178,7 +178,7 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
             spatial = (2, 3) if nchw else (1, 2)
             shape = [images["size"][spatial.index(i)] if i in spatial else (d or 1) for i, d in enumerate(dims)]
         if shape is None:
-            raise ValidationError(
+            raise ValidationNotRunError(
                 f"{loc('inputs')}source input '{name}' has dynamic shape {dims} and no shape is known to "
                 f"generate data with; set validate.data.inputs.{name}.shape (or fix it with a pass)")
         if 0 in shape and name != image_input:  # an empty tensor: its only value, of any type (strings too)
@@ -186,6 +186,7 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
             shapes[name] = list(shape)
             continue
         gen_dtype = np.dtype(spec.get("dtype", dtype))
+        _check_feed_size(name, shape, data_cfg.get("iterations", 2), loc("inputs", name))
         shapes[name] = shape
         metadata.add(name, gen_dtype, shape)
         ranges[name] = tuple(spec.get("range", default_range(gen_dtype)))
@@ -213,7 +214,7 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
         for name, arr in feed.items():
             dims = source_inputs[name][1]
             if len(dims) != arr.ndim or any(d and d != s for d, s in zip(dims, arr.shape)):
-                raise ValidationError(f"{loc('inputs', name)}data for source input '{name}' has shape "
+                raise ValidationNotRunError(f"{loc('inputs', name)}data for source input '{name}' has shape "
                                       f"{list(arr.shape)}, but the model takes {dims}")
     desc = {"kind": "images" if images else "random", "seed": data_cfg.get("seed", 1), "iterations": len(feeds),
             "inputs": {n: ({"shape": shapes[n], "dtype": str(given[n].dtype), "value": describe_value(given[n])}
@@ -223,6 +224,29 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
     if images:
         desc["inputs"][image_input] = {"shape": list(image_feeds[0].shape), "images": files}
     return feeds, desc
+
+
+def _check_feed_size(name: str, shape: list[int], iterations: int, where: str) -> None:
+    """Refuse, before allocating, random data that would not fit in memory.
+
+    Polygraphy's DataLoader draws float64 values (8 bytes each) and then casts; all iterations
+    are kept for both models' runs. The bound is half of the memory available now
+    (`SC_AVPHYS_PAGES`), so a typo such as a 2 TiB shape is an error, not a MemoryError.
+
+    Raises:
+        ValidationNotRunError: the estimate exceeds the bound (names the input, shape and key).
+    """
+    elements = int(np.prod([int(d) for d in shape], dtype=object))
+    need = elements * 8 * max(1, int(iterations))
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux: assume 16 GiB
+        available = 16 << 30
+    if need > available // 2:
+        raise ValidationNotRunError(
+            f"{where}data for source input '{name}' of shape {shape} needs about {need / 2**30:.1f} GiB "
+            f"({iterations} iteration(s), generated as float64), more than half the memory available "
+            f"({available / 2**30:.1f} GiB); set validate.data.inputs.{name}.shape to a smaller shape")
 
 
 def _load_npz(path, source_inputs, where):
@@ -239,31 +263,32 @@ def _load_npz(path, source_inputs, where):
         with archive:
             arrays = {k: archive[k] for k in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # object arrays: ValueError (no pickles)
-        raise ValidationError(f"{where}validate.data.npz: cannot read {path}: {err}") from err
+        raise ValidationNotRunError(f"{where}validate.data.npz: cannot read {path}: {err}") from err
     extra = [k for k in arrays if k not in source_inputs]
     missing = [n for n in source_inputs if n not in arrays]
     if extra or missing:
         hint = "".join(suggest(k, source_inputs, cutoff=0.5) for k in extra[:1])
-        raise ValidationError(f"{where}{path}: the arrays must be named after the source model's inputs "
+        raise ValidationNotRunError(f"{where}{path}: the arrays must be named after the source model's inputs "
                               f"{list(source_inputs)}; missing {missing}, unexpected {extra}{hint}")
     counts, per_input = set(), {}
     for name, (dtype, dims) in source_inputs.items():
         arr = arrays[name]
         if not np.can_cast(arr.dtype, dtype, "same_kind"):
-            raise ValidationError(f"{where}{path}: array '{name}' is {arr.dtype} but the source input takes {dtype}")
+            raise ValidationNotRunError(f"{where}{path}: array '{name}' is {arr.dtype} but the source input "
+                                        f"takes {dtype}")
         # One extra leading axis = one feed per index along it.
         batches = list(arr) if dims and arr.ndim == len(dims) + 1 else [arr]
         for b in batches:
             if dims and (b.ndim != len(dims) or any(d and d != s for d, s in zip(dims, b.shape))):
-                raise ValidationError(f"{where}{path}: array '{name}' has shape {list(arr.shape)}, which fits "
+                raise ValidationNotRunError(f"{where}{path}: array '{name}' has shape {list(arr.shape)}, which fits "
                                       f"neither the input shape {dims} nor [iterations] + {dims}")
         per_input[name] = [b.astype(dtype, copy=False) for b in batches]
         counts.add(len(batches))
     if len(counts) > 1:
-        raise ValidationError(f"{where}{path}: arrays disagree on the number of iterations "
+        raise ValidationNotRunError(f"{where}{path}: arrays disagree on the number of iterations "
                               f"({ {n: len(v) for n, v in per_input.items()} })")
     if counts == {0}:
-        raise ValidationError(f"{where}{path}: the arrays hold no iterations (their leading axis is empty)")
+        raise ValidationNotRunError(f"{where}{path}: the arrays hold no iterations (their leading axis is empty)")
     return [OrderedDict((n, per_input[n][i]) for n in source_inputs) for i in range(counts.pop())]
 
 
@@ -272,11 +297,11 @@ def _load_images(cfg, base, source_inputs, shapes, where):
     folder = base / cfg["dir"]
     name = cfg.get("input") or _image_input(source_inputs, where)
     if name not in source_inputs:
-        raise ValidationError(f"{where}validate.data.images.input: '{name}' is not a source input "
+        raise ValidationNotRunError(f"{where}validate.data.images.input: '{name}' is not a source input "
                               f"{list(source_inputs)}{suggest(name, source_inputs, cutoff=0.5)}")
     shape = shapes[name]
     if len(shape) != 4:
-        raise ValidationError(f"{where}validate.data.images: input '{name}' has shape {shape}; images need a "
+        raise ValidationNotRunError(f"{where}validate.data.images: input '{name}' has shape {shape}; images need a "
                               f"4-D input (NHWC or NCHW)")
     layout = cfg.get("layout") or ("NCHW" if shape[1] in (1, 3) and shape[3] not in (1, 3) else "NHWC")
     batch, channels = shape[0], (shape[1] if layout == "NCHW" else shape[3])
@@ -288,7 +313,7 @@ def _load_images(cfg, base, source_inputs, shapes, where):
             raise RecipeError(f"{where}validate.data.images.dir: {problem}")
     files = files[:cfg["limit"]] if cfg.get("limit") else files
     if len(files) < batch:
-        raise ValidationError(f"{where}validate.data.images.dir: {folder} holds {len(files)} image(s) "
+        raise ValidationNotRunError(f"{where}validate.data.images.dir: {folder} holds {len(files)} image(s) "
                               f"({', '.join(IMAGE_EXTENSIONS)}); need at least {batch} (the batch size)")
     dtype = source_inputs[name][0]
     images = []
@@ -296,10 +321,10 @@ def _load_images(cfg, base, source_inputs, shapes, where):
         try:
             img = _decode(path, size, channels)                  # float32 HWC, values 0..255
         except ImportError as err:
-            raise ValidationError(f"{where}validate.data.images: decoding images needs Pillow or TensorFlow "
+            raise ValidationNotRunError(f"{where}validate.data.images: decoding images needs Pillow or TensorFlow "
                                   f"({err}); pip install pillow") from err
         except Exception as err:  # a corrupt or unsupported file: name it
-            raise ValidationError(f"{where}validate.data.images: cannot decode {path}: "
+            raise ValidationNotRunError(f"{where}validate.data.images: cannot decode {path}: "
                                   f"{type(err).__name__}: {err}") from err
         if channels == 3 and cfg.get("channel_order", "RGB") == "BGR":
             img = img[..., ::-1]
@@ -315,7 +340,7 @@ def _load_images(cfg, base, source_inputs, shapes, where):
 def _image_input(source_inputs, where):
     four_d = [n for n, (_, dims) in source_inputs.items() if len(dims) == 4]
     if len(four_d) != 1:
-        raise ValidationError(f"{where}validate.data.images.input: say which source input takes the images "
+        raise ValidationNotRunError(f"{where}validate.data.images.input: say which source input takes the images "
                               f"(4-D inputs: {four_d or 'none'})")
     return four_d[0]
 

@@ -24,6 +24,7 @@ from trtpipe.errors import ValidationNotRunError, suggest
 from trtpipe.stages.validate import detections as det
 from trtpipe.stages.validate import informative
 from trtpipe.stages.validate.data import graph_summary, quiet_polygraphy
+from trtpipe.stages.validate.finite import same_nonfinite_agrees
 from trtpipe.stages.validate.plugin_cut import session_loader
 
 # Runner names: they label comparisons ("source-ort vs final-ort") and the runs' results.
@@ -179,7 +180,9 @@ def plan_outputs(cfg: Mapping[str, Any], fin_out: Collection[str], src_out: Coll
     mapped = {omap.get(f, f) for f in fin_out}
     for s in src_out:
         if s not in mapped:
-            why = ("produced by the post-processing model after `nms: split` (see detections)" if s in pp_outputs
+            after = ("the split (compared below, final-ort + postprocess-ort)" if (postprocess or {}).get("kind")
+                     == "outputs" else "`nms: split` (see detections)")
+            why = (f"produced by the post-processing model after {after}" if s in pp_outputs
                    else "not compared: not an output of the final model (a pass cut or renamed it; "
                         "map it with validate.output_map)")
             entries.append({"output": s, "source_output": s, "status": "skipped", "reason": why})
@@ -218,6 +221,7 @@ def accuracy(cand_run: Any, ref_run: Any, pairs: Mapping[str, str],
     # numpy: the statistics come out inf/nan (reported as such), the RuntimeWarnings are noise.
     with quiet_polygraphy(), np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        cand_run, ref_run = same_nonfinite_agrees(cand_run, ref_run, pairs)
         result = Comparator.compare_accuracy([cand_run, ref_run], compare_func=func)[0]
     return list(result.values())[0]
 
@@ -316,44 +320,6 @@ def _bound(out):
     held = [k for k, v, t in (("abs", out["value"], out["atol"]), ("rel", out["value_rel"], out["rtol"]))
             if within(v, t)]
     return "+".join(held) or "abs/rel per iteration"
-
-
-def check_reference_finite(run: Any, cfg: Mapping[str, Any], outputs: Collection[str], where: str = "") -> None:
-    """Refuse a reference run (the source model's) whose outputs hold NaN/Inf (as far as
-    `validate.check_nan` / `check_inf` ask) on the validation data: there is no valid value to
-    compare against, and the data is outside what the model accepts (acosh of values below 1,
-    log of 0). Outputs `validate.skip` names are not checked.
-
-    Args:
-        run: the reference RunResults (run_ort).
-        cfg: the resolved `validate` section.
-        outputs: the reference outputs to check.
-        where: a "recipe.yaml:3:1: " prefix for the message.
-
-    Raises:
-        ValidationNotRunError: naming the output, how many values are NaN/Inf, and the way out.
-    """
-    if not (cfg["check_nan"] or cfg["check_inf"]):
-        return
-    runner, iterations = list(run.items())[0]
-    for name in outputs:
-        if skip_reason(cfg, name, name) or name not in iterations[0].keys():
-            continue
-        arrays = [np.asarray(it[name]) for it in iterations]
-        if any(a.dtype.kind not in "fc" for a in arrays):
-            continue
-        total = sum(a.size for a in arrays)
-        bad = {"NaN": sum(int(np.isnan(a).sum()) for a in arrays) if cfg["check_nan"] else 0,
-               "Inf": sum(int(np.isinf(a).sum()) for a in arrays) if cfg["check_inf"] else 0}
-        text = " and ".join(f"{n} {k}" for k, n in bad.items() if n)
-        if text:
-            raise ValidationNotRunError(
-                f"{where}validation could not run: the source model itself computes {text} value(s) (of {total}) "
-                f"in output '{name}' on the validation data ({runner}, {len(arrays)} iteration(s)), so there is "
-                f"no valid reference to compare with: the data is outside what the model accepts",
-                hint="feed data the model accepts (validate.data.inputs.<name>.range, validate.data.npz or "
-                     "images), or skip the output with a reason (validate.skip), or set validate.check_nan / "
-                     "check_inf: false if the model is meant to produce them")
 
 
 def _check_finite(cfg, runs, entries):
