@@ -138,11 +138,11 @@ class UI:
 
         def show(message, category, filename, lineno, file=None, line=None):
             log(f"{category.__name__} ({filename.rsplit('/', 1)[-1]}:{lineno}): {message}")
-        try:  # Polygraphy prints a warning the first time it looks for the 'colored' module: no colors asked
-            from polygraphy.logger import G_LOGGER
-            G_LOGGER.colors = False
-        except ImportError:
-            pass
+        # Polygraphy prints a warning the first time it looks for the 'colored' module: no colors asked.
+        # Only if it is imported already (a fully cached run never imports it); otherwise
+        # run_state.quiet_libraries does it when a stage first runs the libraries.
+        if "polygraphy.logger" in sys.modules:
+            sys.modules["polygraphy.logger"].G_LOGGER.colors = False
         old_show, old_out = warnings.showwarning, sys.stdout
         warnings.showwarning = show
         sys.stdout = _LineLog(log, "library output")

@@ -27,10 +27,41 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 NOT_FOLLOWED = ("trtpipe.cache", "trtpipe.stages.run_state")
 
 _parsed: dict[str, tuple[tuple, str, list[str]]] = {}  # path -> (stamp, sha256, imported module names)
+_memo: dict[str, Any] = {"path": None, "dirty": False}  # where _parsed is kept between runs (use_memo)
+
+
+def use_memo(path: str | Path) -> None:
+    """Keep the scans (file sha256 and imports, per path, size, mtime and inode) in the JSON file
+    `path` between runs, so a fully cached run does not re-read and re-parse ~300 modules. A file
+    whose size, mtime or inode changed is scanned again, as within a run."""
+    import json
+    path = Path(path)
+    if _memo["path"] == path:
+        return
+    _memo["path"] = path
+    try:
+        saved = json.loads(path.read_text())
+        for name, (stamp, sha, names) in saved.items():
+            _parsed.setdefault(name, (tuple(stamp), sha, list(names)))
+    except (OSError, ValueError, TypeError):
+        pass  # none yet, or unreadable: scanned afresh and rewritten
+
+
+def _save_memo() -> None:
+    if not (_memo["path"] and _memo["dirty"]):
+        return
+    import contextlib
+    import json
+
+    from trtpipe.cache.files import atomic_write
+    with contextlib.suppress(OSError):
+        atomic_write(_memo["path"], json.dumps({k: [list(v[0]), v[1], v[2]] for k, v in _parsed.items()}).encode())
+    _memo["dirty"] = False
 
 
 def code_digest(roots: list[str]) -> str:
@@ -46,6 +77,7 @@ def code_digest(roots: list[str]) -> str:
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}\0{_scan(files[name])[0]}\n".encode())
+    _save_memo()
     return h.hexdigest()
 
 
@@ -100,10 +132,17 @@ def module_file(name: str) -> Path | None:
 def _distribution_packages(tops: set[str]) -> set[str]:
     """Top-level import names shipped by the distributions that ship `tops` (a third-party pass
     package may import a sibling top-level module of its own wheel)."""
-    from importlib import metadata
-    by_top = metadata.packages_distributions()
+    by_top = _packages_distributions()
     dists = {d for top in tops for d in by_top.get(top, [])}
     return {top for top, owners in by_top.items() if dists.intersection(owners)}
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    """importlib.metadata.packages_distributions(), read once per process: it reads every
+    installed distribution's file list (about 0.1 s each call here, and every stage key asks)."""
+    from importlib import metadata
+    return metadata.packages_distributions()
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,7 +173,7 @@ def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
     st = path.stat()
     stamp = (st.st_size, st.st_mtime_ns, st.st_ino, package)
     hit = _parsed.get(str(path))
-    if hit and hit[0] == stamp:
+    if hit and tuple(hit[0]) == stamp:
         return hit[1], hit[2]
     data = path.read_bytes()
     module = package or _module_name(path)
@@ -149,6 +188,7 @@ def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
                 names += [f"{base}.{a.name}" for a in node.names if a.name != "*"]
     value = (hashlib.sha256(data).hexdigest(), names)
     _parsed[str(path)] = (stamp, *value)
+    _memo["dirty"] = True
     return value
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trtpipe.cache.code import code_digest
+from trtpipe.cache.code import code_digest, use_memo
 from trtpipe.cache.hashing import Hasher, data_files, digest, referenced_files, versions
 from trtpipe.recipe.resolved import DEPLOYMENT_KEYS, SOURCE_KINDS
 
@@ -58,6 +58,8 @@ class Keys:
 
     def __init__(self, recipe: Recipe, backend: Backend, hasher: Hasher) -> None:
         self.recipe, self.backend, self.hasher = recipe, backend, hasher
+        if hasher.root is not None:  # code scans kept beside the file hashes (code.use_memo)
+            use_memo(hasher.root.parent / "codescan.json")
 
     def source(self) -> str | None:
         """The source stage's key, or None when the source file or directory is missing."""

@@ -59,12 +59,20 @@ def fields(buf: bytes | memoryview, start: int = 0, end: int | None = None) -> I
     """
     pos, end = start, len(buf) if end is None else end
     while pos < end:
-        tag, pos = varint(buf, pos)
+        tag = buf[pos]  # one-byte tags and lengths (fields 1-15, values under 128 bytes) are the common case
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = varint(buf, pos)
         number, wire = tag >> 3, tag & 7
         if wire == VARINT:
             value, pos = varint(buf, pos)
         elif wire == LENGTH:
-            length, pos = varint(buf, pos)
+            length = buf[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = varint(buf, pos)
             value = (pos, length)
             pos += length
         elif wire == FIXED64:

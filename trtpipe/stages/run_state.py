@@ -45,6 +45,7 @@ def quiet_libraries(verbose: bool) -> None:
     import onnxruntime
     from polygraphy.logger import G_LOGGER
     onnxruntime.set_default_logger_severity(4)  # failures surface as exceptions anyway
+    G_LOGGER.colors = False  # no 'colored' module warning (console.third_party_to_log)
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
 
 
