@@ -41,7 +41,9 @@ SOURCES = [REPO / "trtpipe" / "backend.py", *sorted((REPO / "trtpipe" / "stages"
 TRT_OBJECTS = {"trt", "config", "builder", "network", "parser", "tprof", "engine", "runtime", "refitter",
                "inspector", "serialized"}
 # Used only under `backend.is_rtx` (TensorRT-RTX's ahead-of-time targets): not TensorRT API.
-RTX_ONLY = {"ComputeCapability", "num_compute_capabilities", "set_compute_capability"}
+RTX_ONLY = {"ComputeCapability", "num_compute_capabilities", "set_compute_capability",
+            # build.runtime_cache (stages/build/runtime_cache.py returns early unless backend.is_rtx)
+            "create_runtime_config", "create_runtime_cache", "get_runtime_cache", "set_runtime_cache"}
 # The builder APIs TensorRT 10 removed or TensorRT 11 (and RTX: strongly typed) dropped; never used.
 REMOVED = {"FP16", "INT8", "int8_calibrator", "max_workspace_size", "build_engine", "build_cuda_engine",
            "fp16_mode", "int8_mode", "max_batch_size", "EXPLICIT_BATCH"}
@@ -187,6 +189,9 @@ def used_names(paths: list[Path]) -> tuple[dict[str, set[str]], dict[str, set[st
         guarded.setdefault(opt.name, set()).add("trtpipe/stages/build/options.py")
     for member in [*options.HARDWARE_LEVELS.values(), options.REFIT_IDENTICAL, "HardwareCompatibilityLevel"]:
         guarded.setdefault(member, set()).add("trtpipe/stages/build/options.py")
+    # a name the same file checks with hasattr/getattr before using it is guarded there too
+    for name in [n for n in required if n in guarded and required[n] <= guarded[n]]:
+        del required[name]
     return required, guarded
 
 

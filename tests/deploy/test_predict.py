@@ -308,7 +308,8 @@ def test_classifier_top1_equals_the_sources(tmp_path, run_cli):
 def test_predictions_never_overwrite_an_input_image(effdet_out, run_cli, tmp_path):
     shutil.copy(DEMO, tmp_path / "demo.png")
     code, _, err = run_cli("predict", effdet_out, tmp_path / "demo.png", "--out", tmp_path)
-    assert code == errors.EXIT_DEPLOY and f"{tmp_path / 'demo.png'} would overwrite the input image" in err
+    assert code == errors.EXIT_OUTPUT  # README: an output that is an input of the run
+    assert f"{tmp_path / 'demo.png'}: will not write here: it is an input of this command" in err
     assert (tmp_path / "demo.png").read_bytes() == DEMO.read_bytes()
 
 

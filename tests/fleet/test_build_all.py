@@ -212,11 +212,15 @@ def test_local_unsatisfiable_target_and_bad_targets_fail_fast(recipes, tmp_path,
 
 
 def test_emit_matrix(recipes, run_cli, tmp_path):
-    code, out, _ = run_cli("build-all", recipes, "--targets", "8.6,8.9+12.0", "--emit-matrix", "-o", tmp_path / "o")
+    # a recipe that does not load has no matrix entry to give: the whole matrix is refused, naming it
+    code, out, err = run_cli("build-all", recipes, "--targets", "8.6", "--emit-matrix", "-o", tmp_path / "o")
+    assert code == 3 and "bad.yaml" in out + err and not out.lstrip().startswith("{")
+    good = [recipes / "tiny-a.yaml", recipes / "tiny-b.yaml"]
+    code, out, _ = run_cli("build-all", *good, "--targets", "8.6,8.9+12.0", "--emit-matrix", "-o", tmp_path / "o")
     assert code == 0
     include = json.loads(out)["include"]
     assert [(m["name"], m["target"]) for m in include] == [
-        (n, t) for n in ("bad", "tiny-a", "tiny-b") for t in ("8.6", "8.9+12.0")]
+        (n, t) for n in ("tiny-a", "tiny-b") for t in ("8.6", "8.9+12.0")]
     a = next(m for m in include if m["name"] == "tiny-a" and m["target"] == "8.9+12.0")
     assert a["recipe"].endswith("recipes/tiny-a.yaml") and a["output_dir"].endswith("o/tiny-a/sm89_sm120")
     assert not (tmp_path / "o").exists()  # nothing built

@@ -22,6 +22,7 @@ import ast
 import functools
 import hashlib
 import importlib.util
+import os
 import site
 import sys
 import sysconfig
@@ -33,6 +34,7 @@ NOT_FOLLOWED = ("trtpipe.cache", "trtpipe.stages.run_state")
 
 _parsed: dict[str, tuple[tuple, str, list[str]]] = {}  # path -> (stamp, sha256, imported module names)
 _memo: dict[str, Any] = {"path": None, "dirty": False}  # where _parsed is kept between runs (use_memo)
+_dists: dict[str, Any] = {}  # "saved": {"stamp", "by_top"}: _packages_distributions, kept with _parsed
 
 
 def use_memo(path: str | Path) -> None:
@@ -46,9 +48,11 @@ def use_memo(path: str | Path) -> None:
     _memo["path"] = path
     try:
         saved = json.loads(path.read_text())
-        for name, (stamp, sha, names) in saved.items():
+        for name, (stamp, sha, names) in saved["scans"].items():
             _parsed.setdefault(name, (tuple(stamp), sha, list(names)))
-    except (OSError, ValueError, TypeError):
+        if saved.get("distributions") and "saved" not in _dists:
+            _dists["saved"] = saved["distributions"]
+    except (OSError, ValueError, TypeError, KeyError):
         pass  # none yet, or unreadable: scanned afresh and rewritten
 
 
@@ -60,7 +64,8 @@ def _save_memo() -> None:
 
     from trtpipe.cache.files import atomic_write
     with contextlib.suppress(OSError):
-        atomic_write(_memo["path"], json.dumps({k: [list(v[0]), v[1], v[2]] for k, v in _parsed.items()}).encode())
+        atomic_write(_memo["path"], json.dumps({"scans": {k: [list(v[0]), v[1], v[2]] for k, v in _parsed.items()},
+                                                "distributions": _dists.get("saved")}).encode())
     _memo["dirty"] = False
 
 
@@ -111,6 +116,7 @@ def import_closure(roots: list[str]) -> dict[str, Path]:
     return found
 
 
+@functools.lru_cache(maxsize=None)
 def module_file(name: str) -> Path | None:
     """The source file of module `name` (a package's `__init__.py`), found without importing it
     (only its top-level package is looked up, which is already imported for project code)."""
@@ -139,10 +145,24 @@ def _distribution_packages(tops: set[str]) -> set[str]:
 
 @functools.lru_cache(maxsize=1)
 def _packages_distributions() -> dict[str, list[str]]:
-    """importlib.metadata.packages_distributions(), read once per process: it reads every
-    installed distribution's file list (about 0.1 s each call here, and every stage key asks)."""
+    """importlib.metadata.packages_distributions(), read once per process (it reads every
+    installed distribution's file list: 0.1 to 0.4 s here, and every stage key asks) and kept in
+    the memo file between runs while no directory on sys.path changed (an install or removal
+    changes its directory's mtime)."""
     from importlib import metadata
-    return metadata.packages_distributions()
+    stamp = []
+    for entry in sys.path:
+        try:
+            stamp.append([entry, os.stat(entry or ".").st_mtime_ns])
+        except OSError:
+            stamp.append([entry, None])
+    saved = _dists.get("saved")
+    if saved and saved.get("stamp") == stamp:
+        return saved["by_top"]
+    by_top = {k: list(v) for k, v in metadata.packages_distributions().items()}
+    _dists["saved"] = {"stamp": stamp, "by_top": by_top}
+    _memo["dirty"] = True
+    return by_top
 
 
 @functools.lru_cache(maxsize=None)
@@ -153,6 +173,7 @@ def _installed_roots() -> tuple[str, ...]:
     return tuple(str(Path(r).resolve()) for r in roots if r)
 
 
+@functools.lru_cache(maxsize=None)
 def _outside_installed(path: Path) -> bool:
     """True for a module file outside the standard library and site-packages: code on the user's
     own path (PYTHONPATH, the working tree), which no library version in the key stands for."""
@@ -172,7 +193,8 @@ def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
     """(sha256 of the file, absolute names it imports, each `from x import y` as both x and x.y)."""
     st = path.stat()
     stamp = (st.st_size, st.st_mtime_ns, st.st_ino, package)
-    hit = _parsed.get(str(path))
+    memo_key = f"{path}|{package or ''}"  # a package's __init__ is scanned as a file and as a package
+    hit = _parsed.get(memo_key)
     if hit and tuple(hit[0]) == stamp:
         return hit[1], hit[2]
     data = path.read_bytes()
@@ -187,7 +209,7 @@ def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
                 names.append(base)
                 names += [f"{base}.{a.name}" for a in node.names if a.name != "*"]
     value = (hashlib.sha256(data).hexdigest(), names)
-    _parsed[str(path)] = (stamp, *value)
+    _parsed[memo_key] = (stamp, *value)
     _memo["dirty"] = True
     return value
 

@@ -6,6 +6,10 @@
 * `prune --older-than AGE` removes entries no run used for AGE; removing everything takes
   `prune --all`, or a yes at the prompt on a terminal: a bare `prune` never empties the cache
   unasked. `--dry-run` only says what would go. Prune waits for running builds.
+
+Both refuse (exit 8, naming it) a directory that is not a stage cache: one that holds files but no
+trt-pipeline-cache.json, the marker every run writes into the cache it opens (cache/store.py); and
+they touch only entries in the cache's own layout (Cache.entries).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 import time
 
 from trtpipe.commands import command
-from trtpipe.errors import EXIT_OK, EXIT_USAGE
+from trtpipe.errors import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 
 
 def _cache_dir_flag(parser):
@@ -25,6 +29,7 @@ def _cache_dir_flag(parser):
 
 @command("cache")
 def cmd_cache(argv: list[str]) -> int:
+    """`python pipeline.py cache info|prune ...`; returns 0, 2 (usage) or 8 (not a stage cache)."""
     parser = argparse.ArgumentParser(prog="python pipeline.py cache",
                                      description="Inspect or prune the stage cache (converted models, pass outputs, "
                                                  "validation results, plans, timing caches).")
@@ -45,6 +50,10 @@ def cmd_cache(argv: list[str]) -> int:
     ui = UI()
     root, how = cache.resolve_dir(args.cache_dir)
     store = cache.Cache(root, warn=ui.warn)
+    why = store.not_a_cache()
+    if why:  # someone else's directory: never inspected, never pruned
+        ui.error(f"{why} ({how})", EXIT_OUTPUT)
+        return EXIT_OUTPUT
     if args.action == "info":
         return _info(ui, store, how, args.verify)
     try:

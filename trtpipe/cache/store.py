@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from trtpipe.cache.hashing import Hasher, digest
 from trtpipe.cache.lock import OWNER_FILE, FileLock, is_abandoned, own_directory
 from trtpipe.cache.remote import from_env as remote_tier
 from trtpipe.errors import OutputError
-from trtpipe.fileguard import disk_full_error, is_disk_full
+from trtpipe.fileguard import disk_full_error, is_disk_full, not_a_directory
 
 if TYPE_CHECKING:
     import onnx
@@ -49,6 +50,8 @@ ENV = "TRTPIPE_CACHE_DIR"
 PAUSE_ENV = "TRTPIPE_TEST_PAUSE_AT"
 FORMAT = 1
 MANIFEST = "manifest.json"
+MARKER = "trt-pipeline-cache.json"  # written by Cache.open(): what makes a directory a stage cache
+_KEY = re.compile(r"[0-9a-f]{64}")  # entry keys are sha256 hex digests (hashing.digest)
 
 
 class CorruptEntry(Exception):
@@ -214,10 +217,14 @@ class Cache:
         return self.root / "entries" / kind / key[:2] / key
 
     def open(self) -> Cache:
-        """Create the layout and remove leftovers of dead runs; OutputError when not writable."""
+        """Create the layout and its MARKER file, and remove leftovers of dead runs; OutputError
+        when not writable."""
         try:
             for sub in ("entries", "tmp", "locks", "timing", "filehash", "trash"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
+            if not (self.root / MARKER).is_file():
+                atomic_write(self.root / MARKER, (json.dumps({"trt_pipeline_cache": True, "format": FORMAT})
+                                                  + "\n").encode())
         except OSError as err:
             raise OutputError(f"cache directory {self.root} is not writable: {err.strerror or err}",
                               hint=f"point --cache-dir or ${ENV} at a writable directory") from err
@@ -225,9 +232,25 @@ class Cache:
         self.remote = remote_tier(self.warn, FORMAT)
         return self
 
+    def not_a_cache(self) -> str | None:
+        """Why `root` must not be inspected or pruned as a stage cache, or None: it is no
+        directory, or it holds files but no MARKER (every run writes one when it opens a cache),
+        so it is someone else's directory. A missing or empty directory is an empty cache."""
+        why = not_a_directory(self.root, "cache directory")
+        if why:
+            return why
+        try:
+            if not self.root.is_dir() or (self.root / MARKER).is_file() or not any(self.root.iterdir()):
+                return None
+        except OSError as err:
+            return f"cache directory {self.root} cannot be read: {err.strerror or err}"
+        return (f"{self.root} is not a trt-pipeline cache (it has no {MARKER}, which every run writes into "
+                f"the cache it opens); nothing in it was touched")
+
     def clean_abandoned(self) -> int:
         removed = 0
-        for d in list(self.tmp_dir.iterdir()) + list((self.root / "trash").iterdir()):
+        dirs = [p for p in (self.tmp_dir, self.root / "trash") if p.is_dir()]
+        for d in [e for p in dirs for e in p.iterdir()]:
             if d.is_dir() and (d.parent.name == "trash" or is_abandoned(d)):
                 shutil.rmtree(d, ignore_errors=True)
                 removed += 1
@@ -288,16 +311,23 @@ class Cache:
             self.warn(f"{message}; discarded, it will be rebuilt")
         trash = self.root / "trash" / f"{d.name}-{os.getpid()}-{time.monotonic_ns()}"
         try:
+            trash.parent.mkdir(exist_ok=True)
             os.rename(d, trash)  # atomic: no reader ever sees a half-deleted entry
         except OSError:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
     def entries(self) -> Iterator[tuple[str, Path]]:
+        """(kind, directory) of every entry in the cache's own layout: entries/<kind>/<key[:2]>/<key>,
+        a real directory with a manifest, key a sha256 hex digest. Anything else is never touched."""
         base = self.root / "entries"
-        for kind_dir in sorted(base.iterdir()) if base.is_dir() else []:
+        for kind_dir in sorted(base.iterdir()) if base.is_dir() and not base.is_symlink() else []:
+            if kind_dir.is_symlink() or not kind_dir.is_dir():
+                continue
             for d in sorted(kind_dir.glob("*/*")):
-                yield kind_dir.name, d
+                if (_KEY.fullmatch(d.name) and d.parent.name == d.name[:2] and not d.is_symlink()
+                        and not d.parent.is_symlink() and d.is_dir() and (d / MANIFEST).is_file()):
+                    yield kind_dir.name, d
 
     # timing caches ----------------------------------------------------------------------------
     def timing_cache_path(self, backend: Backend, device: str) -> Path:

@@ -19,16 +19,16 @@ import ctypes
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trtpipe.deploy import outputs as out_guard
 from trtpipe.deploy.published import Published, describe, load_published
 from trtpipe.deploy.runtime import engine_status, ort_session, run_postprocess
-from trtpipe.errors import DeployError, OutputError
+from trtpipe.errors import DeployError
 from trtpipe.stages.validate.data import model_io
 
 PERCENTILES = (50, 90, 95, 99)
@@ -54,11 +54,14 @@ def bench(out_dir: str | Path, *, warmup: int = 10, iterations: int = 100, dest:
     Raises:
         DeployError: the output directory is not a complete published run, a dynamic input has no
             profile to take its shape from, or warmup/iterations are out of range.
-        OutputError: the JSON file cannot be written.
+        OutputError: the JSON file cannot be written, or `dest` is a published artifact, under
+            OUTPUT_DIR/.runs/, the recipe or a file the run read (deploy/outputs.py).
     """
     if warmup < 0 or iterations < 1:
         raise DeployError(f"--warmup must be >= 0 and --iterations >= 1 (got {warmup}, {iterations})")
     pub = load_published(out_dir)
+    target = Path(dest) if dest else pub.dir / "bench.json"
+    out_guard.guard(target, out_guard.protected(pub), "--json PATH")  # before minutes of timing, not after
     backend, why = engine_status(pub)
     session = ort_session(pub.final)
     post = ort_session(pub.postprocess) if pub.postprocess else None
@@ -82,7 +85,6 @@ def bench(out_dir: str | Path, *, warmup: int = 10, iterations: int = 100, dest:
     result = {"model": describe(pub), "warmup": warmup, "iterations": iterations, "shapes": rows,
               "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                           "onnxruntime_providers": session.get_providers()}}
-    target = Path(dest) if dest else pub.dir / "bench.json"
     result["json"] = str(target)
     _write_json(target, result)
     if ui is not None:
@@ -219,16 +221,9 @@ def _time_engine(pub, backend, profile_index, feed, warmup, iterations, batch):
 
 
 def _write_json(path, data):
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write the benchmark result: {err.strerror or err}",
-                          hint="choose another file with --json PATH") from None
+    out_guard.make_dir(path.parent, "--json PATH")
+    text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+    out_guard.write_atomic(path, lambda fh: fh.write(text), "--json PATH", "the benchmark result")
 
 
 def _table(ui, result):

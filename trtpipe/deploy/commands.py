@@ -11,8 +11,10 @@ import textwrap
 from trtpipe.commands import command, guarded
 
 _CODES = ("exit codes:\n  0  success\n  2  bad command-line usage\n"
-          "  8  cannot write the output files\n"
-          "  9  deployment input error: images missing, unreadable or corrupt; not a published output directory,\n"
+          "  8  cannot write the output files, or an output would replace a published artifact, something\n"
+          "     under OUTPUT_DIR/.runs/, the recipe, or a file the run or the command reads\n"
+          "  9  deployment input error: images missing, unreadable, corrupt, not regular files or larger than\n"
+          "     64 MP; not a published output directory, a report.json that fails its schema,\n"
           "     or one written by an older trt-pipeline without the input contract; a plan for another\n"
           "     backend, or an engine that cannot run here when one was asked for")
 
@@ -23,6 +25,31 @@ def _parser(name, description):
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the result table")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
+
+
+def _count(least):
+    """argparse type: a whole number >= `least` (else a usage error, exit 2)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+    return parse
+
+
+def _score(text):
+    """argparse type: a finite number in [0, 1] (else a usage error, exit 2)."""
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1], got {text!r}")
+    return value
 
 
 def _ui(args):
@@ -50,12 +77,11 @@ def cmd_predict(argv: list[str]) -> int:
                         help="auto: the engine where a GPU can run the plan, else ONNX Runtime (default); "
                              "engine: fail when it cannot run")
     parser.add_argument("--out", metavar="DIR", help="where the JSON and PNG files go (default OUTPUT_DIR/predictions)")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image for a classifier (5)")
-    parser.add_argument("--min-score", type=float, default=0.0, metavar="S",
+    parser.add_argument("--top-k", type=_count(1), default=5, metavar="K",
+                        help="classes per image for a classifier (5)")
+    parser.add_argument("--min-score", type=_score, default=0.0, metavar="S",
                         help="leave out detections scoring at or below S (default 0: every detection the model kept)")
     args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error("--top-k must be >= 1")
     ui = _ui(args)
 
     def job():
@@ -76,8 +102,9 @@ def cmd_bench(argv: list[str]) -> int:
         figure everywhere. Printed, and saved as JSON.
         """)
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run's output directory (output.dir)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
-    parser.add_argument("--iterations", type=int, default=100, help="timed runs per shape and runtime (default 100)")
+    parser.add_argument("--warmup", type=_count(0), default=10, help="untimed runs first (default 10)")
+    parser.add_argument("--iterations", type=_count(1), default=100,
+                        help="timed runs per shape and runtime (default 100)")
     parser.add_argument("--json", metavar="PATH", help="where to save the result (default OUTPUT_DIR/bench.json)")
     args = parser.parse_args(argv)
     ui = _ui(args)
@@ -109,7 +136,7 @@ def cmd_export(argv: list[str]) -> int:
 
         from trtpipe.deploy.export import command as export_command
         from trtpipe.deploy.published import load_published
-        pub = load_published(args.output_dir, verify=False)
+        pub = load_published(args.output_dir)
         argv_, notes = export_command(args.tool, pub.build, pub.final.name, pub.plan.name, pub.backend)
         print(shlex.join(argv_))
         if not args.quiet:

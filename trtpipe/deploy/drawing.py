@@ -23,12 +23,20 @@ def _text(det: dict[str, Any]) -> str:
     return f"{name} {det['score']:.2f}"
 
 
-def draw_detections(image_path: Path, dets: list[dict[str, Any]], out_path: Path) -> None:
-    """Write the image at `image_path` with `dets` (results.detections: boxes in its pixels) drawn,
-    as a PNG at `out_path` (written in full or not at all: a temporary file renamed)."""
-    from PIL import Image, ImageDraw
-    with Image.open(image_path) as im:
-        canvas = im.convert("RGB")
+def draw_detections(image: Path | Any, dets: list[dict[str, Any]], out_path: Path) -> None:
+    """Write the image with `dets` (results.detections: boxes in its pixels) drawn, as a PNG at
+    `out_path` (written in full or not at all: a temporary file renamed).
+
+    Args:
+        image: the image file, or the already decoded image (a PIL image; not changed).
+        dets: the detections.
+        out_path: the PNG to write.
+
+    Raises:
+        OutputError: `out_path` cannot be written (deploy/outputs.py).
+    """
+    from PIL import ImageDraw
+    canvas = _canvas(image)
     draw = ImageDraw.Draw(canvas)
     width, height = canvas.size
     for det in sorted(dets, key=lambda d: d["score"]):  # best last: on top
@@ -47,11 +55,15 @@ def draw_detections(image_path: Path, dets: list[dict[str, Any]], out_path: Path
     _save(canvas, out_path)
 
 
-def draw_classes(image_path: Path, top: list[dict[str, Any]], out_path: Path) -> None:
-    """Write the image with its top classes ("label score" per line) in the top-left corner, as a PNG."""
-    from PIL import Image, ImageDraw
-    with Image.open(image_path) as im:
-        canvas = im.convert("RGB")
+def draw_classes(image: Path | Any, top: list[dict[str, Any]], out_path: Path) -> None:
+    """Write the image (a file, or a decoded PIL image) with its top classes ("label score" per line)
+    in the top-left corner, as a PNG at `out_path`.
+
+    Raises:
+        OutputError: `out_path` cannot be written (deploy/outputs.py).
+    """
+    from PIL import ImageDraw
+    canvas = _canvas(image)
     draw = ImageDraw.Draw(canvas)
     y = 2
     for entry in top:
@@ -63,15 +75,15 @@ def draw_classes(image_path: Path, top: list[dict[str, Any]], out_path: Path) ->
     _save(canvas, out_path)
 
 
+def _canvas(image: Path | Any) -> Any:
+    """An RGB copy of `image` (a PIL image, or a file Pillow opens) to draw on."""
+    from PIL import Image
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image.copy()
+    with Image.open(image) as im:
+        return im.convert("RGB")
+
+
 def _save(canvas: Any, out_path: Path) -> None:
-    import os
-    import tempfile
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            canvas.save(fh, format="PNG")
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from trtpipe.deploy.outputs import write_atomic
+    write_atomic(out_path, lambda fh: canvas.save(fh, format="PNG"), "--out DIR", "the picture")

@@ -15,13 +15,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from trtpipe.errors import DeployError
+from trtpipe.fileguard import special_kind
 from trtpipe.stages.validate.data import IMAGE_EXTENSIONS, apply_contract, model_io
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSpec", "collect_images", "decode", "image_spec", "final_feed"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "ImageSpec", "collect_images", "decode", "image_spec", "final_feed"]
+
+# Most pixels (width x height) an image given to `predict` may have: 64 megapixels, ~200 MB as
+# decoded RGB. Checked from the header before any pixel is decoded, so a small file that claims a
+# huge size (a 145 KB PNG of 15000x10000) is refused instead of taking gigabytes. README "predict".
+MAX_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ def collect_images(args: list[str]) -> list[Path]:
     order, not recursively).
 
     Raises:
-        DeployError: an argument does not exist, or a directory holds no image file.
+        DeployError: an argument does not exist or is neither a regular file nor a directory (a FIFO,
+            a device, a socket, a broken link), or a directory holds no image file.
     """
     files = []
     for arg in args:
@@ -69,7 +77,10 @@ def collect_images(args: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise DeployError(f"{arg}: no such image file or directory")
+            kind = special_kind(path)
+            if kind == "missing":
+                raise DeployError(f"{arg}: no such image file or directory")
+            raise DeployError(f"{arg} is {kind}, not an image file or a directory of images")
     if not files:
         raise DeployError("no images given: name image files or directories of images")
     return files
@@ -125,21 +136,35 @@ def _vec(value):
     return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
 
 
-def decode(path: Path, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int]]:
-    """One image as the source input's item (no batch axis; spec.layout, spec.dtype) and the image's
-    original (width, height) in pixels.
+def decode(path: Path, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int], Any]:
+    """One image, decoded once: the source input's item (no batch axis; spec.layout, spec.dtype),
+    the image's original (width, height) in pixels, and the image itself as an RGB PIL image (to
+    draw on).
 
     Raises:
-        DeployError: the file is not an image Pillow can decode (corrupt, truncated, another format).
+        DeployError: the file is not an image Pillow can decode (corrupt, truncated, another format),
+            or it has more than MAX_PIXELS pixels (checked before decoding).
     """
+    import warnings
+
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # Pillow's bomb warning: MAX_PIXELS, lower, is checked here instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise DeployError(f"{path}: the image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
+                                  f"more than predict decodes ({MAX_PIXELS / 1e6:.0f} MP, images.MAX_PIXELS)",
+                                  hint="resize it first (the model sees it at "
+                                       f"{spec.size[1]}x{spec.size[0]} anyway)")
             im.load()
             original = im.size
-            im = im.convert("L" if spec.channels == 1 else "RGB")
+            canvas = im.convert("RGB")
+            model_in = canvas if spec.channels == 3 else im.convert("L")
             height, width = spec.size
-            arr = np.asarray(im.resize((width, height), Image.BILINEAR), dtype=np.float32)
+            arr = np.asarray(model_in.resize((width, height), Image.BILINEAR), dtype=np.float32)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DeployError(f"{path}: cannot decode the image: {type(err).__name__}: {err}") from None
     arr = arr[..., None] if spec.channels == 1 else arr
@@ -151,7 +176,7 @@ def decode(path: Path, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int]]:
         info = np.iinfo(spec.dtype)
         arr = np.clip(np.rint(arr), info.min, info.max)
     arr = arr.astype(spec.dtype)
-    return (arr.transpose(2, 0, 1) if spec.layout == "NCHW" else arr), original
+    return (arr.transpose(2, 0, 1) if spec.layout == "NCHW" else arr), original, canvas
 
 
 def final_feed(batch: np.ndarray, spec: ImageSpec, contract: dict, final_path: Path) -> OrderedDict[str, np.ndarray]:

@@ -5,21 +5,24 @@ and the input contract), run through the engine where a GPU can run the plan, el
 final ONNX model on ONNX Runtime (a banner says why), then through the post-processing model
 (`nms: split`). Per image it writes `<stem>.json` (detections as [x1, y1, x2, y2] pixels of the
 original image, scores, classes and labels; or the top-k classes) and `<stem>.png` (the image with
-them drawn) into the prediction directory (default OUTPUT_DIR/predictions). Every image is decoded
-before anything is written, each file is written atomically, and no input is ever overwritten.
+them drawn) into the prediction directory (default OUTPUT_DIR/predictions). Each image is decoded
+once (at most images.MAX_PIXELS pixels); files are written to a staging directory and moved into
+place only when every image succeeded; no input, published artifact or file the run read is ever
+overwritten (deploy/outputs.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trtpipe.deploy import drawing, results
+from trtpipe.deploy import drawing, outputs, results
 from trtpipe.deploy.images import collect_images, decode, final_feed, image_spec
 from trtpipe.deploy.published import describe, load_published
 from trtpipe.deploy.runtime import choose_runtime, final_model, ort_session, run_postprocess
@@ -49,48 +52,79 @@ def predict(out_dir: str | Path, images: list[str], *, runtime: str = "auto", de
         DeployError: the output directory is not a complete published run (or from an older
             trt-pipeline without the input contract), an image is missing, unreadable or corrupt, a
             directory holds no images, `--runtime engine` cannot run here, the model's outputs are
-            neither a detector's nor a classifier's, or an output file would overwrite an input.
-        OutputError: the prediction directory cannot be written.
+            neither a detector's nor a classifier's, or an image has more than images.MAX_PIXELS pixels.
+        OutputError: the prediction directory cannot be written, or an output file would replace an
+            input image, a published artifact, the recipe or a file the run read.
     """
     pub = load_published(out_dir)
     files = collect_images(images)
     spec = image_spec(pub.recipe, pub.contract)
-    items = [decode(path, spec) for path in files]  # every image readable before anything is written
     target = Path(dest) if dest else pub.dir / "predictions"
+    option = "--out DIR"
+    prot = outputs.protected(pub, files)
+    outputs.guard(target, prot, option)
     names = _output_names(files, target)
+    for stem in names:
+        for suffix in (".json", ".png"):
+            outputs.guard(target / f"{stem}{suffix}", prot, option)
     choice = choose_runtime(pub, runtime)
-    if ui is not None and choice.banner:
-        ui.out.print(f"[bold yellow]{choice.banner}[/]")
     labels = results.load_labels(pub.labels)
     post = ort_session(pub.postprocess) if pub.postprocess else None
-    outputs = []
-    with final_model(pub, choice) as model:
-        for start in range(0, len(items), spec.batch):
-            chunk = items[start:start + spec.batch]
-            batch = np.stack([a for a, _ in chunk] + [chunk[-1][0]] * (spec.batch - len(chunk)))
-            arrays = model.run(final_feed(batch, spec, pub.contract, pub.final))
-            if post is not None:
-                arrays = run_postprocess(post, pub.postprocess_info, arrays)
-            outputs += [(arrays, i) for i in range(len(chunk))]
-    kind, roles, scores_out = _kind(pub, outputs[0][0])
-    _make_dir(target)
+    created = outputs.make_dir(target, option)
+    # Every file goes to a staging directory first and moves into place only when every image was
+    # decoded and run: a corrupt image leaves nothing behind. Images are decoded once, a batch at a
+    # time (the decoded picture is drawn on), so memory holds one batch of pictures.
+    try:
+        staging = Path(tempfile.mkdtemp(dir=target, prefix=".predict-"))
+    except OSError as err:
+        if created:
+            _rmdir(target)
+        raise OutputError(f"{target}: cannot write: {err.strerror or err}",
+                          hint=f"choose a writable directory with {option}") from None
     written = []
-    for path, (_, original), (arrays, index), stem in zip(files, items, outputs, names):
-        res = {"image": str(path), "image_size": list(original), "runtime": choice.label,
-               "engine_not_run": choice.banner, "model": describe(pub), "kind": kind}
-        png = target / f"{stem}.png"
-        if kind == "detection":
-            res["box_format"] = "[x1, y1, x2, y2] in pixels of the original image"
-            res["detections"] = results.detections(
-                arrays, roles, index, box_format=(pub.recipe.get("output") or {}).get("boxes", "yxyx_normalized"),
-                original=original, input_size=spec.size, labels=labels, min_score=min_score)
-            drawing.draw_detections(path, res["detections"], png)
-        else:
-            res["top_k"], res["scores_are"] = results.top_k(arrays[scores_out], index, top_k, labels)
-            drawing.draw_classes(path, res["top_k"], png)
-        res["json"], res["png"] = str(target / f"{stem}.json"), str(png)
-        _write_json(target / f"{stem}.json", res)
-        written.append(res)
+    try:
+        if ui is not None and choice.banner:
+            ui.out.print(f"[bold yellow]{choice.banner}[/]")
+        with final_model(pub, choice) as model:
+            kind = roles = scores_out = None
+            for start in range(0, len(files), spec.batch):
+                chunk = [decode(path, spec) for path in files[start:start + spec.batch]]
+                batch = np.stack([a for a, _, _ in chunk] + [chunk[-1][0]] * (spec.batch - len(chunk)))
+                arrays = model.run(final_feed(batch, spec, pub.contract, pub.final))
+                if post is not None:
+                    arrays = run_postprocess(post, pub.postprocess_info, arrays)
+                if kind is None:
+                    kind, roles, scores_out = _kind(pub, arrays)
+                for index, (_, original, picture) in enumerate(chunk):
+                    path, stem = files[start + index], names[start + index]
+                    res = {"image": str(path), "image_size": list(original), "runtime": choice.label,
+                           "engine_not_run": choice.banner, "model": describe(pub), "kind": kind}
+                    if kind == "detection":
+                        res["box_format"] = "[x1, y1, x2, y2] in pixels of the original image"
+                        res["detections"] = results.detections(
+                            arrays, roles, index,
+                            box_format=(pub.recipe.get("output") or {}).get("boxes", "yxyx_normalized"),
+                            original=original, input_size=spec.size, labels=labels, min_score=min_score)
+                        drawing.draw_detections(picture, res["detections"], staging / f"{stem}.png")
+                    else:
+                        res["top_k"], res["scores_are"] = results.top_k(arrays[scores_out], index, top_k, labels)
+                        drawing.draw_classes(picture, res["top_k"], staging / f"{stem}.png")
+                    res["json"], res["png"] = str(target / f"{stem}.json"), str(target / f"{stem}.png")
+                    _write_json(staging / f"{stem}.json", res)
+                    written.append(res)
+                del chunk
+        for res in written:
+            for key in ("json", "png"):
+                final = Path(res[key])
+                try:
+                    os.replace(staging / final.name, final)
+                except OSError as err:
+                    raise OutputError(f"{final}: cannot write: {err.strerror or err}",
+                                      hint=f"choose a writable directory with {option}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            _rmdir(target)  # only when empty: nothing was moved into it
     if ui is not None:
         _summary(ui, written, choice)
     return written
@@ -110,8 +144,8 @@ def _kind(pub, arrays):
 
 
 def _output_names(files, target):
-    """File stems for each image's outputs: unique, and never the path of an input."""
-    inputs = {p.resolve() for p in files}
+    """File stems for each image's outputs: unique (a second `a.png` gives `a-2`). Whether a name may
+    be written (not an input, not a published artifact) is deploy/outputs.py's guard."""
     stems, used = [], set()
     for path in files:
         stem, n = path.stem, 1
@@ -119,38 +153,20 @@ def _output_names(files, target):
             n += 1
             stem = f"{path.stem}-{n}"
         used.add(stem)
-        for suffix in (".json", ".png"):
-            if (target / f"{stem}{suffix}").resolve() in inputs:
-                raise DeployError(f"{target / (stem + suffix)} would overwrite the input image {path}",
-                                  hint="write predictions elsewhere: --out DIR")
         stems.append(stem)
     return stems
 
 
-def _make_dir(target):
+def _rmdir(path):
     try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{target}: cannot create the prediction directory: {err.strerror or err}",
-                          hint="choose a writable one with --out DIR") from None
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _write_json(path, data):
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
-        raise
+    text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+    outputs.write_atomic(path, lambda fh: fh.write(text), "--out DIR", "the prediction")
 
 
 def _summary(ui, written, choice):

@@ -77,6 +77,7 @@ def load_published(out_dir: str | Path, *, verify: bool = True) -> Published:
                           else f"{out_dir}: not a directory; give the output directory of a run (output.dir)")
     files = _current(out)
     report = _read_report(files / REPORT, out_dir)
+    _check_report(report, files / REPORT)
     rec = (report.get("recipe") or {})
     resolved = rec.get("resolved") or {}
     deploy = report.get("deploy")
@@ -145,12 +146,81 @@ def _read_report(path, out_dir):
 def _need(files, name, what, artifacts, rerun):
     if not isinstance(name, str) or not name:
         raise DeployError(f"{files / REPORT}: does not name {what}", hint=f"re-run the recipe: {rerun}")
+    if not _plain_name(name):
+        raise DeployError(f"{files / REPORT}: {what} is {name!r}, not a plain file name inside the output directory: "
+                          "report.json was changed after the run", hint=f"re-run the recipe: {rerun}")
     path = files / name
     if not path.is_file():
         near = [p.name for p in files.iterdir()] if files.is_dir() else []
         raise DeployError(f"{path}: {what} is missing from the output directory{suggest(name, near)}",
                           hint=f"re-run the recipe to publish it again: {rerun}")
     return path
+
+
+def _plain_name(name: str) -> bool:
+    """A file name with no directory part, not '.', '..' or hidden: what a run publishes."""
+    return name == Path(name).name and name not in (".", "..") and not name.startswith(".") and "\\" not in name
+
+
+# What predict, bench and export read from report.json beyond schemas/report.schema.json (which
+# leaves `recipe.resolved` and the input contract open): the types their code relies on.
+_DIMS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+_NAME = {"type": "string", "minLength": 1}
+DEPLOY_READS = {
+    "type": "object",
+    "properties": {
+        "recipe": {"type": "object", "properties": {"resolved": {"type": "object", "properties": {
+            "output": {"type": "object", "required": ["plan", "onnx"],
+                       "properties": {"plan": _NAME, "onnx": _NAME, "boxes": {"type": "string"}}},
+            "build": {"type": "object", "properties": {
+                "workspace_bytes": {"type": "integer", "minimum": 0},
+                "optimization_level": {"type": "integer", "minimum": 0, "maximum": 5},
+                "max_aux_streams": {"type": ["integer", "null"], "minimum": 0},
+                "compute_capabilities": {"type": ["array", "null"], "items": {"type": "string"}},
+                "plugins": {"type": ["array", "null"], "items": {"type": "string"}},
+                "profiles": {"type": ["array", "null"], "items": {
+                    "type": "object", "required": ["name", "inputs"],
+                    "properties": {"name": {"type": "string"}, "inputs": {"type": "object", "additionalProperties": {
+                        "type": "object", "required": ["min", "opt", "max"],
+                        "properties": {"min": _DIMS, "opt": _DIMS, "max": _DIMS}}}}}}}},
+            "validate": {"type": "object"}}}}},
+        "deploy": {"type": "object", "properties": {
+            "input_contract": {"type": "object", "minProperties": 1, "additionalProperties": {
+                "type": "object", "properties": {
+                    "source_input": {"type": ["string", "null"]}, "source_dtype": {"type": ["string", "null"]},
+                    "source_shape": {"type": ["array", "null"]}, "shape": {"type": ["array", "null"]},
+                    "steps": {"type": "array", "items": {"type": "object"}}}}},
+            "output_map": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+            "labels": {"type": ["string", "null"]},
+            "postprocess": {"type": ["object", "null"], "required": ["file", "inputs"],
+                            "properties": {"file": _NAME, "inputs": {"type": "object"},
+                                           "outputs": {"type": "object"}}}}},
+    },
+}
+
+
+def _check_report(report: dict, path: Path) -> None:
+    """Validate report.json against schemas/report.schema.json and DEPLOY_READS.
+
+    Raises:
+        DeployError: naming the first key path that does not fit and what was expected.
+    """
+    import jsonschema
+
+    from trtpipe.recipe.schema import load_schema
+    schema = load_schema("report.schema.json")
+    for what, sch in (("schemas/report.schema.json", schema), ("what predict/bench/export read", DEPLOY_READS)):
+        errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(report), key=lambda e: list(e.path))
+        if errors:
+            err = errors[0]
+            key = ".".join(str(p) for p in err.absolute_path) or "(the top level)"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise DeployError(f"{path}: {key}: {err.message} ({what}){more}: report.json was changed after the run "
+                              "or written by another version", hint="re-run the recipe to publish it again")
+    for name in report.get("artifacts") or {}:
+        if not _plain_name(name):
+            raise DeployError(f"{path}: artifacts.{name}: not a plain file name inside the output directory: "
+                              "report.json was changed after the run", hint="re-run the recipe to publish it again")
 
 
 def _sha256(path: Path) -> str:

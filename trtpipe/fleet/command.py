@@ -13,6 +13,23 @@ from trtpipe.commands import command, guarded
 from trtpipe.errors import EXIT_OK, EXIT_TASKS
 
 DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
+MAX_JOBS = 1024   # --jobs above this is refused (a usage error): no machine runs that many builds at once
+
+
+def jobs_arg(text: str) -> int:
+    """argparse type of --jobs: an integer from 1 to MAX_JOBS.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or outside 1..MAX_JOBS (exit 2).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"{text} is outside 1..{MAX_JOBS} (tasks at a time; the pool never "
+                                         f"holds more workers than there are tasks)")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,12 +55,15 @@ def _parser() -> argparse.ArgumentParser:
             cache between machines with --remote-cache (a shared directory or an fsspec URL).
             """),
         epilog="exit codes:\n  0  every task succeeded\n  2  bad usage (a target, no recipes, Ray missing or "
-               "unreachable)\n  11 one or more tasks failed (build-all.json has each task's exit code)\n"
+               "unreachable)\n  3  a recipe does not load (--emit-matrix; a build records it per task)\n"
+               "  8  --report-dir cannot be written (or --emit-matrix: two recipes share an output directory)\n"
+               "  11 one or more tasks failed (build-all.json has each task's exit code)\n"
                "  130 interrupted")
     parser.add_argument("recipes", nargs="+", metavar="RECIPE_OR_DIR", help="recipe files, or folders of them")
     parser.add_argument("--targets", metavar="LIST", help="comma-separated targets, e.g. 8.6,8.9,12.0")
-    parser.add_argument("--jobs", "-j", type=int, metavar="N",
-                        help=f"tasks at a time (local default {DEFAULT_JOBS}; ray default: as the cluster takes)")
+    parser.add_argument("--jobs", "-j", type=jobs_arg, metavar="N",
+                        help=f"tasks at a time, 1..{MAX_JOBS}, at most the number of tasks (local default "
+                             f"{DEFAULT_JOBS}; ray default: as the cluster takes)")
     parser.add_argument("--executor", choices=("local", "ray"), help="local (default) or ray")
     parser.add_argument("--address", metavar="ADDR",
                         help="Ray cluster to connect to (ray://HOST:10001, HOST:6379); implies --executor ray")
@@ -66,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
 @command("build-all")
 def cmd_build_all(argv: list[str]) -> int:
-    """`python pipeline.py build-all ...` (see _parser); returns 0, 2, 11 or 130."""
+    """`python pipeline.py build-all ...` (see _parser); returns 0, 2, 3, 8, 11 or 130."""
     parser = _parser()
     args = parser.parse_args(argv)
     from trtpipe.console import UI
@@ -75,10 +95,8 @@ def cmd_build_all(argv: list[str]) -> int:
     executor = args.executor or ("ray" if args.address else "local")
     if args.address and executor != "ray":
         parser.error("--address needs --executor ray")
-    if args.jobs is not None and args.jobs < 1:
-        parser.error("--jobs must be at least 1")
     try:
-        targets = fleet_tasks.parse_targets(args.targets) if args.targets else None
+        targets = fleet_tasks.parse_targets(args.targets) if args.targets is not None else None
     except fleet_tasks.TargetError as err:
         parser.error(f"--targets: {err}")
     paths = fleet_tasks.recipe_paths(args.recipes)
@@ -90,8 +108,11 @@ def cmd_build_all(argv: list[str]) -> int:
         nonlocal code
         tasks = fleet_tasks.expand(paths, targets, args.output_dir)
         if args.emit_matrix:
+            fleet_tasks.raise_task_error(tasks)  # a matrix of tasks that cannot run is no matrix
             print(fleet_tasks.matrix_json(tasks))
             return
+        from trtpipe.fleet.report import prepare
+        prepare(args.report_dir)  # before any task runs: a report that cannot be written is known now
         code = _build(tasks, args, argv, executor, ui)
 
     result = guarded(job, ui, args.debug)
@@ -106,6 +127,8 @@ def _build(tasks, args, argv, executor, ui):
     options = {"cache_dir": cache_dir, "remote_cache": _remote(args.remote_cache),
                "pause_once": os.environ.get(PAUSE_ONCE_ENV)}
     jobs = args.jobs or (DEFAULT_JOBS if executor == "local" else None)
+    if jobs:
+        jobs = max(1, min(jobs, len(tasks)))  # never more workers than tasks
     started, t0 = time.time(), time.perf_counter()
     meta = {"argv": ["build-all", *argv], "executor": executor, "address": args.address,
             "targets": list(dict.fromkeys(t.target.label for t in tasks)), "jobs": jobs, "cache_dir": cache_dir,

@@ -73,6 +73,7 @@ def run_local(tasks: list[Task], options: dict[str, Any], jobs: int, progress: B
     procs: dict[int, subprocess.Popen] = {}
     lock = threading.Lock()
     futures: dict[Future, tuple[Task, int]] = {}
+    jobs = max(1, min(jobs, len(runnable)))  # a pool no larger than the tasks it runs
     slots = list(range(jobs))
 
     def started(index):

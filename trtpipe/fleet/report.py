@@ -12,7 +12,9 @@ build-all-logs/).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 from rich.table import Table
 
 from trtpipe.cache.files import atomic_write
+from trtpipe.errors import OutputError
+from trtpipe.fileguard import not_a_directory
 from trtpipe.fleet.tasks import Task
 
 FORMAT = 1
@@ -39,6 +43,36 @@ def cancelled_record(task: Task, executor: str) -> dict[str, Any]:
     return failed_record(task, None, "cancelled (interrupted)", executor, status="cancelled")
 
 
+def prepare(out_dir: str | Path) -> Path:
+    """Create the report directory and its build-all-logs/ (checked before any task runs).
+
+    Args:
+        out_dir: `--report-dir`.
+
+    Returns:
+        The build-all-logs/ directory.
+
+    Raises:
+        OutputError: `out_dir` (or a parent) is not a directory, or cannot be created or written
+            (exit 8, naming the path).
+    """
+    out = Path(out_dir)
+    logs = out / "build-all-logs"
+    for p in (out, logs):
+        why = not_a_directory(p, "--report-dir" if p is out else "--report-dir's")
+        if why:
+            raise OutputError(f"{why}; build-all writes build-all.json, build-all.md and build-all-logs/ there",
+                              hint="point --report-dir at a writable directory")
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        if not os.access(logs, os.W_OK | os.X_OK) or not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as err:
+        raise OutputError(f"--report-dir {out}: cannot create or write {logs}: {err.strerror or err}",
+                          hint="point --report-dir at a writable directory") from err
+    return logs
+
+
 def write(out_dir: str | Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[Path, Path]:
     """Write build-all.json, build-all.md and build-all-logs/<task>.log into `out_dir`.
 
@@ -50,25 +84,35 @@ def write(out_dir: str | Path, records: list[dict[str, Any]], meta: dict[str, An
 
     Returns:
         (build-all.json, build-all.md) paths.
+
+    Raises:
+        OutputError: the report directory cannot be created or written (prepare).
     """
     out = Path(out_dir)
-    logs = out / "build-all-logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs = prepare(out)
     tasks = []
     for rec in records:
         rec = dict(rec)
         text = rec.pop("log", "") or ""
         name = re.sub(r"[^A-Za-z0-9_.@+-]", "_", rec["id"]) + ".log"
         if text:
-            atomic_write(logs / name, text.encode())
+            try:
+                atomic_write(logs / name, text.encode())
+            except OSError as err:
+                raise OutputError(f"--report-dir {out}: cannot write {logs / name}: {err.strerror or err}",
+                                  hint="point --report-dir at a writable directory") from err
         rec["log"] = f"build-all-logs/{name}" if text else None
         tasks.append(rec)
     ok = sum(r["status"] == "succeeded" for r in tasks)
     doc = {"format": FORMAT, **meta, "summary": {"tasks": len(tasks), "succeeded": ok, "failed": len(tasks) - ok},
            "tasks": tasks}
     json_path, md_path = out / "build-all.json", out / "build-all.md"
-    atomic_write(json_path, (json.dumps(doc, indent=1) + "\n").encode())
-    atomic_write(md_path, markdown(doc).encode())
+    try:
+        atomic_write(json_path, (json.dumps(doc, indent=1) + "\n").encode())
+        atomic_write(md_path, markdown(doc).encode())
+    except OSError as err:
+        raise OutputError(f"--report-dir {out}: cannot write {err.filename or json_path}: {err.strerror or err}",
+                          hint="point --report-dir at a writable directory") from err
     return json_path, md_path
 
 

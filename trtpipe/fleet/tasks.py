@@ -7,7 +7,9 @@ A target is what one plan is built for:
   --compute-capabilities 8.9`). TensorRT-RTX builds ahead of time, on any machine; with the
   `tensorrt` backend it means "a worker whose GPU has this compute capability". On Ray it is
   routed to nodes carrying the custom resource `sm_89` (each one for "8.6+8.9").
-* a GPU kind ("A100", "L4"): for the `tensorrt` backend, which builds for the GPU it runs on.
+* a GPU kind ("A100", "L4", "A10G", "RTX4090"): a letter, then letters, digits, "_" or "-", with at
+  least one digit (GPU_KIND_PATTERN; "nan" or "gpu" are refused). For the `tensorrt` backend,
+  which builds for the GPU it runs on.
   Nothing in the recipe is replaced; on Ray it is routed to nodes carrying Ray's own
   `accelerator_type:A100` resource (Ray sets it on NVIDIA GPU nodes) with one GPU per task.
 
@@ -36,7 +38,10 @@ from typing import Any
 from trtpipe.errors import EXIT_OUTPUT, PipelineError, suggest
 
 _CC = re.compile(r"^\d+\.\d+$")
-_GPU_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+GPU_KIND_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*$"  # A100, L4, A10G, RTX4090, H100-80GB
+_GPU_KIND = re.compile(GPU_KIND_PATTERN)
+# for did-you-mean only (Ray's accelerator_type names for NVIDIA GPUs); any name matching the pattern is taken
+KNOWN_GPU_KINDS = ("A10G", "A100", "H100", "H200", "L4", "L40S", "T4", "V100", "P100", "K80")
 
 
 class TargetError(ValueError):
@@ -103,13 +108,23 @@ def parse_target(text: str) -> Target:
         TargetError: neither compute capabilities (from the schema's list) nor a GPU kind name.
     """
     text = text.strip()
-    if text and all(_CC.match(p.strip()) for p in text.split("+")):
+    if not text:
+        raise TargetError("an empty target (e.g. `--targets \"\"` or `8.6,,8.9`): name compute capabilities "
+                          "(8.6, 8.9, 8.6+8.9) or GPU kinds (A100)")
+    if all(_CC.match(p.strip()) for p in text.split("+")):
         ccs = parse_compute_capabilities(text)
         return Target("+".join(ccs), tuple(ccs))
+    sm = re.fullmatch(r"(?i)sm_?(\d)(\d+)", text)  # sm89: the output folder's name, not a target
+    if sm:
+        raise TargetError(f"target {text!r} is a folder name; targets are compute capabilities "
+                          f"(did you mean '{sm[1]}.{sm[2]}'?)")
     if _GPU_KIND.match(text):
         return Target(text, gpu=text)
-    raise TargetError(f"target {text!r} is neither a compute capability (e.g. 8.9, or 8.6+8.9 for one plan "
-                      f"for both) nor a GPU kind (e.g. A100)")
+    allowed = supported_compute_capabilities()
+    close = suggest(text, [*allowed, *KNOWN_GPU_KINDS]) or suggest(text.upper(), KNOWN_GPU_KINDS)
+    raise TargetError(f"target {text!r} is neither a compute capability ({', '.join(allowed)}; 8.6+8.9 for one "
+                      f"plan for both) nor a GPU kind (a name with a digit, matching {GPU_KIND_PATTERN}, e.g. "
+                      f"A100, L4){close}")
 
 
 def parse_targets(text: str) -> list[Target]:
@@ -195,6 +210,22 @@ def expand(recipes: list[Path], targets: list[Target] | None, output_base: str |
                                        f"publishes {other.target.label}; give the recipes different output.dir "
                                        f"(or names, with --output-dir)")
     return tasks
+
+
+def raise_task_error(tasks: list[Task]) -> None:
+    """Raise the first task's error, if any task carries one (a recipe that does not load: its
+    own exit code, 3; two recipes sharing an output directory: 8). `--emit-matrix` uses it: a
+    matrix must not list tasks that cannot run.
+
+    Raises:
+        PipelineError: with that task's exit code, naming the recipe file.
+    """
+    for task in tasks:
+        if task.error:
+            code, message = task.error
+            err = PipelineError(message if task.recipe in message else f"{task.recipe}: {message}")
+            err.exit_code = code
+            raise err
 
 
 def matrix(tasks: list[Task], base: str | Path | None = None) -> dict[str, Any]:

@@ -95,7 +95,31 @@ def _kind_of(value):
 
 
 def _fits(kind, want):
-    return kind == want or (want == "float" and kind == "int") or (want == "int" and kind == "bool")
+    return kind == want or (want == "float" and kind == "int")  # a bool is no number (YAML `true`)
+
+
+# PluginFieldType -> (lowest, highest) value it holds: integers by their width (numpy.iinfo), floats
+# by their largest finite value (numpy.finfo; BF16 shares FLOAT32's exponent range). A value outside
+# would wrap around or become inf when written; NaN and inf are refused for every float type.
+_RANGE = {name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for name, dt in (
+    ("INT8", np.int8), ("INT16", np.int16), ("INT32", np.int32), ("INT64", np.int64),
+    ("UINT8", np.uint8), ("UINT16", np.uint16), ("UINT32", np.uint32), ("UINT64", np.uint64))}
+_RANGE.update({name: (-float(np.finfo(dt).max), float(np.finfo(dt).max)) for name, dt in (
+    ("FLOAT16", np.float16), ("FLOAT32", np.float32), ("FLOAT64", np.float64), ("BF16", np.float32))})
+
+
+def _range_problem(field_type, values):
+    """Why a value of `values` does not fit `field_type`'s range (see _RANGE), or None."""
+    if field_type not in _RANGE:
+        return None
+    low, high = _RANGE[field_type]
+    for v in values:
+        if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+            return f"got {v!r}: a {field_type} field takes finite numbers only"
+        if not low <= v <= high:
+            return f"got {v!r}, outside the {field_type} range {low:g} to {high:g}" if isinstance(low, float) \
+                else f"got {v!r}, outside the {field_type} range {low} to {high}"
+    return None
 
 
 def check_attrs(attrs: Mapping[str, Any], creator: PluginCreatorSpec) -> tuple[list[tuple[str, str]], list[str]]:
@@ -108,7 +132,9 @@ def check_attrs(attrs: Mapping[str, Any], creator: PluginCreatorSpec) -> tuple[l
 
     Returns:
         (problems, warnings). problems: [(attribute name, message)] for names the creator has no
-        field for (with a did-you-mean), values of the wrong type, lists of the wrong length, and
+        field for (with a did-you-mean), values of the wrong type (a bool is no number), values
+        outside the field type's range (INT32: -2**31..2**31-1; floats: finite, within the
+        type's largest value; numpy.iinfo / finfo), lists of the wrong length, and
         fields the ONNX parser cannot fill (DIMS, INT64, ...); warnings: fields left unset (the
         creator's default applies; if it has none, creating the plugin fails in the build), and
         lists given to fields that declare length 1.
@@ -162,7 +188,7 @@ def _value_problem(spec, value):
                f"({_kind_of(bad[0])})"
     if spec.length > 1 and len(values) != spec.length:
         return f"expected {spec.length} values, got {len(values)}"
-    return None
+    return _range_problem(spec.type, values)
 
 
 def attribute_values(attrs: Mapping[str, Any], creator: PluginCreatorSpec | None = None) -> dict[str, Any]:

@@ -48,8 +48,11 @@ def precheck_passes(recipe: Recipe, ctx: registry.PassContext) -> list[PipelineE
     """Run each enabled pass's precheck; returns the errors, each message prefixed with its location
     (the parameter's line when the error carries a `key_path` relative to the pass item, else the
     `pass:` line). Warnings a precheck gives (ctx.warn) are prefixed with the pass's location in
-    ctx.warnings and when shown through ctx.warner."""
-    problems = []
+    ctx.warnings and when shown through ctx.warner. Then the deployment options the backend
+    `ctx.backend` refuses whatever the model (stages/build/options.static_refusals), so that a run
+    refuses them before converting and `check` reports them."""
+    from trtpipe.stages.build.options import static_refusals
+    problems: list[PipelineError] = []
     for index, item in recipe.enabled_passes():
         info = registry.get(item["pass"])
         if info and info.precheck:
@@ -65,7 +68,7 @@ def precheck_passes(recipe: Recipe, ctx: registry.PassContext) -> list[PipelineE
             finally:
                 ctx.warner = warner
                 ctx.warnings[warned:] = [prefix + w for w in ctx.warnings[warned:]]
-    return problems
+    return problems + static_refusals(recipe.data["build"], ctx.backend, recipe.locate)
 
 
 def raise_first(problems: list[PipelineError]) -> None:
@@ -309,15 +312,17 @@ def check_recipe(path: str | Path, check_format: bool = False, warn_backend: boo
 def check_formatting(path: str | Path, text: str) -> list[str]:
     """[] when `text` is as `python pipeline.py fmt` writes it, else one message naming the first
     line that differs and what fmt writes there."""
-    from trtpipe.review.fmt import first_difference, format_text
+    from trtpipe.review.fmt import first_difference, format_text, visible
     formatted = format_text(text, str(path))
     if formatted == text:
         return []
     line = first_difference(text, formatted)
     have = (text.splitlines() + [""])[line - 1]
     want = (formatted.splitlines() + [""])[line - 1]
-    return [f"{path}:{line}:1: not canonically formatted: line {line} is `{have.strip()}`, "
-            f"`python pipeline.py fmt` writes `{want.strip()}` there; run `python pipeline.py fmt {path}`"]
+    bom = (" (it starts with a UTF-8 byte-order mark, \\uFEFF, which fmt drops)"
+           if line == 1 and text.startswith("\ufeff") and not formatted.startswith("\ufeff") else "")
+    return [f"{path}:{line}:1: not canonically formatted: line {line} is `{visible(have.strip())}`{bom}, "
+            f"`python pipeline.py fmt` writes `{visible(want.strip())}` there; run `python pipeline.py fmt {path}`"]
 
 
 def recipe_files(args: list[str]) -> list[str]:

@@ -205,10 +205,13 @@ def cmd_diff(argv: list[str]) -> int:
 
 
 def _parse_marked(text, label):
-    """(data, marks) of a recipe's text: data {} for a document that is not a mapping."""
+    """(data, marks) of a recipe's text. Raises RecipeError (exit 3) for a document that is not a
+    mapping (empty, a list, a value), as check, fmt and run refuse it."""
+    from trtpipe.recipe.load import check_mapping
     from trtpipe.recipe.yamlmarks import load_yaml_with_marks
     data, marks = load_yaml_with_marks(text, str(label))
-    return (data if isinstance(data, dict) else {}), marks
+    check_mapping(data, str(label))
+    return data, marks
 
 
 def _line_col(marks, path):
@@ -229,9 +232,7 @@ def _read(path, missing_ok=False):
 
 
 def _parse(text, label):
-    from trtpipe.recipe.yamlmarks import load_yaml_with_marks
-    data, _ = load_yaml_with_marks(text, str(label))
-    return data if isinstance(data, dict) else {}
+    return _parse_marked(text, label)[0]
 
 
 def _git_show(rev, path):
@@ -250,6 +251,14 @@ def _git_show(rev, path):
     shown = subprocess.run(["git", "show", f"{rev}:./{path.name}"], cwd=cwd, capture_output=True)
     if shown.returncode:
         return None
+    listed = subprocess.run(["git", "ls-tree", rev, "--", f"./{path.name}"], cwd=cwd, capture_output=True,
+                            text=True)
+    if listed.stdout.startswith("120000 "):  # a symbolic link: `git show` prints its target, not a recipe
+        target = shown.stdout.decode("utf-8", "replace")
+        raise RecipeError(f"{path}@{rev}:1:1: a symbolic link in {rev} (to {target!r}), not a recipe: a recipe "
+                          f"must be a YAML mapping with at least `name:` and `source:`",
+                          hint=f"diff the file it points to: `python pipeline.py diff --git {rev} "
+                               f"{path.parent / target}`")
     try:
         return shown.stdout.decode("utf-8")
     except UnicodeDecodeError as err:

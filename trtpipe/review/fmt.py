@@ -47,6 +47,12 @@ class _Escaping:
         return self._stream.write(data)
 
 
+def visible(text: str) -> str:
+    """`text` with every invisible character (`is_invisible`: a byte-order mark U+FEFF, bidi
+    controls, zero-width spaces, ...) written as its escape (`\\uFEFF`), for messages."""
+    return "".join(_escape(c) if is_invisible(c) else c for c in text)
+
+
 def _escape(ch):
     code = ord(ch)
     return f"\\x{code:02X}" if code <= 0xFF else f"\\u{code:04X}" if code <= 0xFFFF else f"\\U{code:08X}"
@@ -87,7 +93,9 @@ def format_text(text: str, filename: str | Path = "<recipe>") -> str:
 
     Escaped invisible characters stay escaped: a string holding a character `is_invisible` names
     (bidi overrides such as U+202E, zero-width spaces, controls) is written double-quoted with
-    that character as an escape (`"\\u202E"`), never raw, whatever its quoting was.
+    that character as an escape (`"\\u202E"`), never raw, whatever its quoting was. A UTF-8
+    byte-order mark (U+FEFF) before the document is accepted, as PyYAML and a run accept it, and
+    dropped: the canonical form has none (`fmt --check` names it).
 
     Raises:
         RecipeError: what a run refuses before the schema, with the same file:line:col message: text

@@ -130,6 +130,45 @@ def apply(backend: Backend, config: Any, build_cfg: dict, cap: Any, *,
     return options
 
 
+def static_refusals(build_cfg: dict, backend_name: str, locate: Callable[[tuple], str] | None = None,
+                    ) -> list[OptionError]:
+    """The deployment options a build with `backend_name` refuses or fails on whatever the model:
+    known from the recipe alone, so a run refuses them before converting and `check` reports them
+    (both through review/check.precheck_passes), at the option's line.
+
+    Rules (measured with TensorRT-RTX 1.7.1, tests/deploy/test_build_options.py): TensorRT-RTX
+    ignores `hardware_compatibility_level` (its builder logs "setHardwareCompatibilityLevel() is
+    unsupported in TensorRT-RTX"; it targets GPUs through build.compute_capabilities), and a
+    `version_compatible` plan without `exclude_lean_runtime` fails to build there (the plan would
+    embed libnvinfer_lean, which TensorRT-RTX does not ship). (`exclude_lean_runtime` without
+    `version_compatible` is refused by the recipe loader.)
+
+    Args:
+        build_cfg: the resolved `build` section (schema defaults filled).
+        backend_name: "tensorrt" or "tensorrt_rtx" (the resolved backend's name).
+        locate: recipe key path -> "file:line:col".
+
+    Returns:
+        One OptionError (exit 3) per refused option, in OPTIONS order; [] when none.
+    """
+    options, rtx, found = chosen(build_cfg), backend_name == "tensorrt_rtx", []
+    if rtx and options.get("version_compatible") and not options.get("exclude_lean_runtime"):
+        found.append(OptionError(
+            f"{_where(locate, 'version_compatible')}build.version_compatible: TensorRT-RTX cannot build a "
+            "version-compatible plan that embeds the lean runtime (libnvinfer_lean): TensorRT-RTX does not ship it",
+            hint="also set `exclude_lean_runtime: true` (the application ships the lean runtime), or remove "
+                 "build.version_compatible"))
+    if rtx and options.get("hardware_compatibility_level", "none") != "none":
+        level = options["hardware_compatibility_level"]
+        found.append(OptionError(
+            f"{_where(locate, 'hardware_compatibility_level')}build.hardware_compatibility_level: {level!r} is not "
+            "supported by TensorRT-RTX (its builder ignores the level: \"setHardwareCompatibilityLevel() is "
+            "unsupported in TensorRT-RTX\"); TensorRT-RTX chooses the GPUs a plan runs on with "
+            "build.compute_capabilities", hint="remove build.hardware_compatibility_level for this backend, "
+                                              "and list the target GPUs in build.compute_capabilities"))
+    return found
+
+
 def failure_hint(options: dict[str, Any], errors: list[str], backend: Backend, gpu_reason: str | None) -> str | None:
     """A hint for a build that failed with deployment options set, naming the option to blame.
 

@@ -129,7 +129,8 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
 
         log(f"building with {backend.label}" + (f" for compute capability {', '.join(ccs)}" if ccs else ""))
         cap.reset()
-        if plan_file is not None and hasattr(builder, "build_serialized_network_to_stream"):
+        if (plan_file is not None and hasattr(builder, "build_serialized_network_to_stream")
+                and hasattr(backend.trt, "IStreamWriter")):   # TensorRT 10.x before the stream API
             ok = _build_to_file(backend.trt, builder, network, config, plan_file)
             serialized, plan = (True if ok else None), b""
         else:

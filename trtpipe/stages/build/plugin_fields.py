@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from trtpipe.errors import BuildError
+from trtpipe.fileguard import not_a_file, special_kind
 from trtpipe.graph.plugin_nodes import PluginCreatorSpec, PluginFieldSpec
 from trtpipe.stages.build.errors import grab_stderr
 from trtpipe.stages.build.plugins import dlopen_reason, location_prefix
@@ -42,7 +43,8 @@ def load_libraries(backend: Backend, paths: Sequence[str], locate: Callable[[tup
         {(name, version, namespace): library path} of the creators the libraries registered.
 
     Raises:
-        BuildError: a library does not exist or cannot be loaded (the loader's reason, e.g. a
+        BuildError: a library does not exist, is no regular file (a FIFO, a device such as
+            /dev/zero, a directory: said which), or cannot be loaded (the loader's reason, e.g. a
             missing libcuda.so.1).
     """
     registry = backend.trt.get_plugin_registry()
@@ -51,8 +53,12 @@ def load_libraries(backend: Backend, paths: Sequence[str], locate: Callable[[tup
         key = os.path.realpath(path)
         if key not in _LOADED:
             where = location_prefix(locate, ("build", "plugins", i)) + f"{what}[{i}]: "
-            if not os.path.isfile(path):
+            kind = special_kind(path)
+            if kind == "missing":
                 raise BuildError(f"{where}plugin library {path} does not exist")
+            if kind is not None:
+                raise BuildError(f"{where}{not_a_file(path, 'plugin library') or f'plugin library {path} is {kind}'}"
+                                 f"; a plugin library is a shared object (.so)")
             before = set(_keys(registry))
             with grab_stderr() as printed:
                 handle = registry.load_library(path)

@@ -124,7 +124,8 @@ def apply_precision(model: onnx.ModelProto, precision_cfg: str | dict | None, *,
         out, part = quantize(model, cfg, data_feeds, locate=locate, log=log, recipe_dir=recipe_dir,
                              make_feeds=make_feeds)
         stats.update(part)
-    stats.update(precision_counts(out))
+    # fp32 leaves the model as it is: its counts are the ones just taken (no second shape inference)
+    stats.update(precision_counts(out) if out is not model else stats["before"])
     if out is not model:  # fp32 changes nothing: the graph was checked after the last pass
         _check(out, mode)
     return out, stats

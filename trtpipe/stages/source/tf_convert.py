@@ -23,6 +23,7 @@ import onnx
 from trtpipe.errors import SourceError, did_you_mean
 from trtpipe.stages.source.tf2onnx_determinism import deterministic_tf2onnx
 from trtpipe.stages.source.tf2onnx_internals import convert_graph_def, numpy_compat
+from trtpipe.stages.source.tflite_guard import run_isolated
 
 # TF's C++ INFO/WARNING lines ("I0000 00:00:17.. port.cc:153] ..."): printed to fd 2 even with
 # TF_CPP_MIN_LOG_LEVEL=2 before absl is set up, with a banner; cpu_feature_guard's INFO has a 2nd line.
@@ -56,6 +57,7 @@ def convert_saved_model(path: str, cfg: dict, where: Callable[..., str], log: Ca
         timings["convert"] = time.perf_counter() - t
         if start_points is not None and set(collected.unconverted) & STRING_OPS:
             start_points += decoded_tensors(collected.graph_def)
+    check_io_used(model, cfg, where, path, "saved_model")
     return model, _materialize(model, storage, large_dir) if storage else None, collected.unconverted
 
 
@@ -83,6 +85,82 @@ def convert_tf_file(kind: str, path: str, cfg: dict, where: Callable[..., str], 
     what = {"frozen_graph": "frozen graph", "tflite": "TFLite model"}[kind]
     _say(log, f"source: converting {what} {path} with tf2onnx"
          + ("" if "tensorflow" in sys.modules else " (importing TensorFlow takes seconds)"))
+    if kind == "tflite":    # TFLite's native reader trusts the file: a corrupt one crashes it (tflite_guard)
+        model, onnx_path, unconverted, timings_here, versions_here = run_isolated(
+            _convert_tf_file_here, path, (kind, path, cfg, where, large_dir), where("tflite"), log)
+    else:
+        model, onnx_path, unconverted, timings_here, versions_here = _convert_tf_file_here(
+            kind, path, cfg, where, large_dir, log=log)
+    timings.update(timings_here)
+    versions.update(versions_here)
+    check_io_used(model, cfg, where, path, kind)
+    return model, onnx_path, unconverted
+
+
+def check_io_used(model: onnx.ModelProto, cfg: dict, where: Callable[..., str], path: str, kind: str) -> None:
+    """Refuse a converted model with a graph input nothing reads, or an output that depends on no
+    input and that `source.outputs` does not name (a constant nobody asked for): the signs of
+    `source.inputs` and `source.outputs` swapped or pointing at the wrong tensors, which would
+    otherwise build a pass-through plan that "passes" validation.
+
+    Args:
+        model: tf2onnx's output (ONNX names are the TF tensor names, "x:0").
+        cfg: the recipe's `source` section.
+        where: `where(*keys)` names a `source.*` key's place in the recipe.
+        path: the source file, for messages.
+        kind: the `source` key ("saved_model", "frozen_graph", "tflite").
+
+    Raises:
+        SourceError: (exit 4) naming the dead inputs / input-less outputs, suggesting the swap.
+    """
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [v.name for v in graph.input if v.name not in weights]
+    read = {name for g in _graphs(graph) for node in g.node for name in node.input}
+    outputs = [v.name for v in graph.output]
+    dead = [n for n in inputs if n not in read and n not in outputs]
+    reached = set(inputs)   # what depends on an input: ONNX nodes are in topological order
+    for node in graph.node:
+        used = list(node.input) + [i for g in _graphs_of(node) for sub in _graphs(g) for n in sub.node for i in n.input]
+        if any(i in reached for i in used if i):
+            reached.update(node.output)
+    asked = set(cfg.get("outputs") or [])
+    constant = [n for n in outputs if n not in reached and n not in asked]
+    if not dead and not constant:
+        return
+    swap = (" (are `source.inputs` and `source.outputs` swapped? inputs name the tensors fed to the model, "
+            "outputs the tensors it computes)")
+    parts = ([f"graph input(s) {', '.join(map(repr, dead))} feed nothing" + (
+              f" (at {where('inputs')})" if cfg.get("inputs") else "")] if dead else []) + \
+            ([f"output(s) {', '.join(map(repr, constant))} depend on no input" + (
+              f" (at {where('outputs')})" if cfg.get("outputs") else "")] if constant else [])
+    key = "inputs" if dead and cfg.get("inputs") else "outputs" if cfg.get("outputs") else kind
+    raise SourceError(f"{where(key)}"
+                      f": the model converted from {path} is not a function of its inputs: "
+                      f"{'; '.join(parts)}{swap}",
+                      hint=(f"try `inputs: {list(cfg.get('outputs') or [])}` and `outputs: "
+                            f"{list(cfg.get('inputs') or [])}`") if cfg.get("inputs") and cfg.get("outputs")
+                      else "name the model's real input and output tensors in `source.inputs` / `source.outputs`")
+
+
+def _graphs(graph):
+    yield graph
+    for node in graph.node:
+        for g in _graphs_of(node):
+            yield from _graphs(g)
+
+
+def _graphs_of(node):
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield attr.g
+        yield from attr.graphs
+
+
+def _convert_tf_file_here(kind, path, cfg, where, large_dir, log=None):
+    """convert_tf_file's work in this process (for a TFLite file: tflite_guard's child); returns
+    (model, onnx_path, unconverted, timings, versions)."""
+    timings, versions = {}, {}
     with _quiet_tf(log) as collected:
         t = time.perf_counter()
         tf, tf2onnx = _import_tf()
@@ -91,7 +169,8 @@ def convert_tf_file(kind: str, path: str, cfg: dict, where: Callable[..., str], 
         t = time.perf_counter()
         model, storage = (_frozen_graph if kind == "frozen_graph" else _tflite)(tf, path, cfg, where, collected)
         timings["convert"] = time.perf_counter() - t
-    return model, _materialize(model, storage, large_dir) if storage else None, collected.unconverted
+    return (model, _materialize(model, storage, large_dir) if storage else None, collected.unconverted,
+            timings, versions)
 
 
 def _frozen_graph(tf, path, cfg, where, collected):
