@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
+from trtpipe.cache import files as cache_files
 from trtpipe.errors import EXIT_SOURCE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +33,8 @@ def big(tmp_path, monkeypatch):
     """(bench module, model path, weight bytes, cache dir): a 3-layer MatMul model, external data."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("TRTPIPE_CACHE_DIR", str(cache))
+    # the path models of at least KEEP_EXTERNAL_BYTES (1 GiB) take: weights stay references
+    monkeypatch.setattr(cache_files, "KEEP_EXTERNAL_BYTES", 1)
     bench = _bench()
     path, weights = bench.make_model(tmp_path / "model", WEIGHTS, layers=3)
     assert weights == WEIGHTS and (tmp_path / "model" / "big.onnx.data").stat().st_size == WEIGHTS
@@ -144,6 +147,30 @@ def test_large_model_zip_with_a_path_member_is_refused(big, tmp_path, run_cli):
     assert "'../big.onnx.data' is not a plain file name" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out-fp32" / "report.json").exists()
+
+
+def test_small_external_data_is_loaded_and_folds(tmp_path, monkeypatch, run_cli):
+    """Below KEEP_EXTERNAL_BYTES the weights are loaded as before: constant folding runs them in
+    ONNX Runtime (which refuses references it did not load from a file)."""
+    monkeypatch.setenv("TRTPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    from onnx import helper, numpy_helper
+    w = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+                               helper.make_node("MatMul", ["x", "wt"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", 1, [1, 128])],
+                              [helper.make_tensor_value_info("y", 1, [1, 128])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "model").mkdir()
+    onnx.save_model(model, str(tmp_path / "model" / "big.onnx"), save_as_external_data=True,
+                    location="big.onnx.data", size_threshold=0)
+    recipe = _bench().write_recipe(tmp_path, tmp_path / "model" / "big.onnx", "fp32")
+    code, out, err = run_cli(recipe, "-q")
+    assert code == 0, out + err
+    final = onnx.load(str(tmp_path / "out-fp32" / "big-fp32.onnx"))
+    assert [n.op_type for n in final.graph.node] == ["MatMul"]  # the Transpose was folded
+    (folded,) = final.graph.initializer
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(folded), w.T)
 
 
 def test_external_data_reaching_past_its_file_is_a_source_error(big, tmp_path, run_cli):

@@ -92,10 +92,27 @@ def _ext(tensor):
     return kv.get("location", ""), int(kv.get("offset") or 0), int(length) if length not in (None, "") else None
 
 
+# Models whose external data reach this many bytes keep their weights on disk through the stages
+# (references); smaller ones are loaded whole, so every tool (constant folding in ONNX Runtime
+# included) sees their values. A module constant so tests can take the reference path cheaply.
+KEEP_EXTERNAL_BYTES = 1 << 30
+
+
+def external_bytes(model: "onnx.ModelProto") -> int:
+    """Total bytes of a model's tensors that live in external data files."""
+    total = 0
+    for t in all_tensors(model):
+        if is_external(t):
+            length = _ext(t)[2]
+            total += length if length is not None else _elements(t) * 4
+    return total
+
+
 def load_model(path: str | Path) -> "onnx.ModelProto":
-    """Load a saved model's graph without its weights: tensors in external data stay references,
-    their `location` made absolute (in memory only: `save_model` writes relative ones, and
-    `read_tensor` reads them), so a model over 2 GiB is a few kilobytes of protobuf here.
+    """Load a saved model. With at least KEEP_EXTERNAL_BYTES in external data, its graph only:
+    tensors in external data stay references, their `location` made absolute (in memory only:
+    `save_model` writes relative ones, and `read_tensor` reads them), so a model over 2 GiB is a
+    few kilobytes of protobuf here. Smaller ones are loaded with their weights.
 
     Args:
         path: the .onnx file (its external data files beside it).
@@ -106,6 +123,9 @@ def load_model(path: str | Path) -> "onnx.ModelProto":
     import onnx
     path = Path(path).resolve()
     model = onnx.load(str(path), load_external_data=False)
+    if external_bytes(model) < KEEP_EXTERNAL_BYTES:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        return model
     for t in all_tensors(model):
         if is_external(t):
             for kv in t.external_data:

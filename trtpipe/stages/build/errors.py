@@ -76,6 +76,12 @@ def parser_failure(parser: Any, model: onnx.ModelProto, model_path: str, cap: An
         if desc.strip().lower() in ("false", "no description"):  # a bare assertion: say which check refused it
             func = _call(err, "func", "")
             desc = f"the parser does not support this node{f' (its check {func} refused it)' if func else ''}"
+        if "Could not create the plugin" in desc:
+            # here the CUDA probing IS the cause: some creators (ROIAlign_TRT in TensorRT-RTX) query
+            # the device when they create the plugin, even for an ahead-of-time build
+            cuda = [_strip_src(ln) for ln in [*cap.error_list(), *printed.splitlines()] if _unrelated(ln)]
+            if cuda:
+                desc += f" (the plugin's creator needs a CUDA device: {cuda[0]})"
         if code == "UNSUPPORTED_NODE" and op and _NO_IMPORTER.search(desc):
             unsupported.setdefault(op, name)
             tf = f"; it comes from the TF node '{name}'" if model.producer_name == "tf2onnx" and name else ""

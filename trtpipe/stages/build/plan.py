@@ -207,15 +207,38 @@ def _build_to_file(trt, builder, network, config, plan_file):
     class _Writer(trt.IStreamWriter):
         def __init__(self, f):
             trt.IStreamWriter.__init__(self)
-            self.f = f
+            self.f, self.error = f, None
 
         def write(self, data):
+            # TensorRT catches what this raises and prints it, then may still report success with
+            # a truncated plan: keep the first OSError (disk full, file size limit) and raise it
+            # after the build, where the caller turns it into an output error.
+            if self.error is not None:
+                return 0
             view = memoryview(data)
-            self.f.write(view)
+            try:
+                self.f.write(view)
+            except OSError as err:
+                self.error = err
+                return 0
             return len(view)
 
-    with open(plan_file, "wb") as f:
-        ok = builder.build_serialized_network_to_stream(network, config, _Writer(f))
+    writer = None
+    try:
+        with open(plan_file, "wb") as f:
+            writer = _Writer(f)
+            ok = builder.build_serialized_network_to_stream(network, config, writer)
+    except OSError as err:  # the final flush or close can fail the same way
+        if writer is not None and writer.error is None:
+            writer.error = err
+    if writer is not None and writer.error is not None:
+        written = os.path.getsize(plan_file) if os.path.isfile(plan_file) else None
+        with contextlib.suppress(OSError):
+            os.unlink(plan_file)
+        err = writer.error
+        if is_disk_full(err):
+            raise disk_full_error(err, plan_file, what="the plan", written=written)
+        raise OutputError(f"cannot write the plan to {plan_file}: {err.strerror or err}") from err
     if not ok:
         with contextlib.suppress(OSError):
             os.unlink(plan_file)

@@ -175,7 +175,7 @@ def calibration_feeds(model: onnx.ModelProto, cfg: dict, data_feeds: list[dict[s
         else:
             from trtpipe.stages.validate.data import make_source_feeds
             feeds, _ = make_source_feeds(cal, _final_inputs(model), {}, base_dir=recipe_dir)
-    except ValidationError as err:  # the data loader speaks of validate.data; this is calibration
+    except (ValidationError, RecipeError) as err:  # the data loader speaks of validate.data; this is calibration
         raise RecipeError(f"{where_prefix(locate, ('precision', 'calibration'))}precision.calibration: "
                           f"{err.message.replace('validate.data.', 'calibration.')}") from None
     if not feeds:

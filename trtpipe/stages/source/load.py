@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from trtpipe.cache.files import inline_small
+from trtpipe.cache import files as cache_files
+from trtpipe.cache.files import external_bytes, inline_small
 from trtpipe.errors import SourceError, did_you_mean
 from trtpipe.fileguard import not_a_file
 from trtpipe.graph.check import all_graphs, check_model, opset_version, relaxed_for_checker
@@ -69,7 +70,8 @@ def load_source(source_cfg: dict, *, locate: Callable[[tuple], str] | None = Non
         log: optional sink for progress and detail lines.
 
     Returns:
-        SourceResult: `model` (onnx.ModelProto, external data loaded), `kind` ("onnx",
+        SourceResult: `model` (onnx.ModelProto; an ONNX file's external weights stay on disk as
+        references with absolute locations, trtpipe.cache.files.read_tensor reads them), `kind` ("onnx",
         "saved_model", "frozen_graph" or "tflite"), `path`, `duration_s` (seconds), `versions`
         (onnx; tensorflow and tf2onnx for a converted model), `inputs` / `outputs` (IOSpec: name,
         numpy dtype name, dims as int, symbol or None; the weights IR < 4 models also list as
@@ -203,8 +205,8 @@ def _load_onnx_file(path, where, keep_external=False):
         raise SourceError(f"{where}: external data file(s) missing: {files} (looked in {base}; "
                           f"needed by {len(missing)} tensor(s), e.g. {example!r})",
                           hint="keep the weights file next to the .onnx, under the name the model records")
-    if keep_external and locations:
-        _resolve_external(model, path, base, where)
+    if keep_external and locations and external_bytes(model) >= cache_files.KEEP_EXTERNAL_BYTES:
+        _resolve_external(model, path, base, where)  # big: the weights stay on disk (cache/files.py)
         return model
     try:
         onnx.load_external_data_for_model(model, base)
