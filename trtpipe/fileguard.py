@@ -116,6 +116,17 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 # --------------------------------------------------------------------------------- disk full
 
+def default_file_mode() -> int:
+    """The mode `open(path, "w")` would give a new file: 0o666 less the process umask.
+
+    Files written through `tempfile.mkstemp` (0600) and renamed into place get this mode, so a
+    published or predicted file is as readable as any other file the user writes.
+    """
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def is_disk_full(err: BaseException) -> bool:
     """True for an OSError meaning the write did not fit (ENOSPC, EDQUOT, EFBIG)."""
     return isinstance(err, OSError) and err.errno in DISK_FULL

@@ -109,7 +109,7 @@ def test_static_21mb_plan_is_byte_identical_across_processes(b0):
     static, _ = b0
     first, second = (build_in_process_of_its_own(static, {}, seed) for seed in (1, 2))
     assert first["size"] >= 20_000_000
-    assert first["reproducible"] == "byte-identical"
+    assert first["reproducible"].startswith("usually byte-identical")
     assert first == second
 
 
@@ -130,7 +130,8 @@ def test_reproducibility_rule():
     common = dict(plan=b"", backend_version="9.9", compute_capabilities=None, duration_s=0.0, outputs=[])
     static = [{"name": "x", "dtype": "float32", "shape": [1, 3, 8, 8]}]
     dynamic = [{"name": "x", "dtype": "float32", "shape": [-1, 3, 8, 8]}]
-    assert BuildResult(backend="tensorrt_rtx", inputs=static, **common).reproducible == "byte-identical"
+    static_label = BuildResult(backend="tensorrt_rtx", inputs=static, **common).reproducible
+    assert static_label.startswith("usually byte-identical") and "not guaranteed" in static_label
     assert BuildResult(backend="tensorrt_rtx", inputs=dynamic, profiles=["p"], **common).reproducible.startswith(
         "not guaranteed by tensorrt_rtx 9.9: with dynamic shapes")
     assert BuildResult(backend="tensorrt", inputs=static, **common).reproducible.startswith(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from trtpipe.errors import OutputError
-from trtpipe.fileguard import disk_full_error, is_disk_full, not_a_directory, same_file
+from trtpipe.fileguard import default_file_mode, disk_full_error, is_disk_full, not_a_directory, same_file
 
 
 class Protected:
@@ -149,6 +149,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], option: str, wh
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
         tmp = None
     except OSError as err:

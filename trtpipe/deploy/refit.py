@@ -18,6 +18,7 @@ from trtpipe.backend import has_runtime_gpu, resolve_backend
 from trtpipe.deploy.published import plan_backend
 from trtpipe.deploy.runtime import refit_engine
 from trtpipe.errors import BuildError, DeployError, OutputError
+from trtpipe.fileguard import default_file_mode
 
 
 def refit(plan: str | Path, onnx_path: str | Path, dest: str | Path | None = None) -> Path:
@@ -81,6 +82,7 @@ def _write(path, data):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except OSError as err:
         raise OutputError(f"{path}: cannot write the refitted plan: {err.strerror or err}") from None

@@ -253,6 +253,8 @@ def _syntax_error(err, filename):
     problem = getattr(err, "problem", None) or str(err)
     context = getattr(err, "context", None)
     detail = f"{problem} ({context})" if context else problem
+    if "maximum nesting depth" in str(problem):  # PyYAML >= 6.0.4's scanner stops deep flow nesting first
+        return RecipeError(f"{where}: nesting deeper than {MAX_DEPTH} levels (YAML: {detail})", hint=_DEEP)
     return RecipeError(f"{where}: YAML syntax error: {detail}",
                        hint="check indentation and that every `key: value` has a space after the colon")
 

@@ -16,6 +16,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from trtpipe.fileguard import default_file_mode
 from trtpipe.stages.publish import atomic_write_bytes, sha256_file
 from trtpipe.stages.report_md import to_markdown
 
@@ -91,13 +92,8 @@ def write(rep: dict, json_path: str | Path, md_path: str | Path) -> None:
     for path, data in ((json_path, (json.dumps(rep, indent=2, default=str) + "\n").encode()),
                        (md_path, to_markdown(rep).encode())):
         atomic_write_bytes(path, data)
-        os.chmod(path, 0o666 & ~_umask())  # still in the staging directory: nobody reads it yet
+        os.chmod(path, default_file_mode())  # still in the staging directory: nobody reads it yet
 
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def validation_headline(val: dict) -> str:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtpipe.errors import PipelineError
+from trtpipe.fileguard import default_file_mode
 
 if TYPE_CHECKING:
     from trtpipe.registry import PassContext
@@ -352,7 +353,7 @@ def save_png(image: Any, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG")
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -362,10 +363,5 @@ def save_png(image: Any, path: Path) -> None:
 
 def _copy_public(src, dst):
     shutil.copyfile(src, dst)
-    os.chmod(dst, 0o666 & ~_umask())
+    os.chmod(dst, default_file_mode())
 
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
