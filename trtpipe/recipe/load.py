@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -102,9 +103,14 @@ def load_recipe(path: str | Path) -> Recipe:
     text = read_recipe_text(path)
     raw, marks = load_yaml_with_marks(text, str(path))
     check_mapping(raw, str(path))
+    # NaN passes every JSON Schema bound and inf fails them as "greater than the maximum": a bound
+    # error at a NaN/inf is said as what it is, "not a finite number"; other errors there (a size
+    # written as a float) say what is expected
     errors = list(schema_errors(raw, load_schema("recipe.schema.json")))
     errors += _check_passes(raw) + _check_build(raw)
-    # NaN passes every JSON Schema bound: refused here, where no other error names the value
+    bounds = re.compile(r"greater than the maximum|less than the minimum")
+    non_finite_paths = {p for p, _ in non_finite(raw)}
+    errors = [e for e in errors if not (e[0] in non_finite_paths and bounds.search(e[1]))]
     known = {p for p, _ in errors}
     bad_numbers = [(p, msg) for p, msg in non_finite(raw) if p not in known]
     errors += bad_numbers
