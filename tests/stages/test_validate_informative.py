@@ -352,7 +352,7 @@ def test_no_validate_is_loud(tmp_path, run_cli):
     ("  outputs:\n    y:\n      atol: .nan", "r.yaml:9:7: validate.outputs.y.atol: nan is not a finite number; a "
                                              "tolerance is a finite number >= 0"),
     ("  outputs:\n    y:\n      rtol: -.inf",
-     "r.yaml:9:7: validate.outputs.y.rtol: -inf is less than the minimum of 0"),
+     "r.yaml:9:7: validate.outputs.y.rtol: -inf is not a finite number; a tolerance is a finite number >= 0"),
     ("  outputs:\n    y:\n      quantile: .nan", "r.yaml:9:7: validate.outputs.y.quantile: nan is not a finite number; "
                                                  "a quantile is a finite number in (0, 1]"),
     ("  detections:\n    score_atol: .inf", "r.yaml:8:5: validate.detections.score_atol: inf is not a finite number; "
