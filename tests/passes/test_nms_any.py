@@ -201,3 +201,22 @@ def test_split_settings_are_schema_keys_and_unknown_ones_point_at_their_line(tmp
     text = out + err
     assert f"{recipe}:9:7: passes[0].params.keep_other_outputs: expected a parameter of mode split" in text, text
     assert "score_threshold" not in text.split("got")[-1]
+
+
+def test_constant_only_walk_survives_a_deep_backbone():
+    """The cut's 'computed from constants alone' walk is iterative: a 5,000-node chain from the
+    graph input (deeper than Python's recursion limit) is answered, not a RecursionError."""
+    import onnx_graphsurgeon as gs
+
+    from trtpipe.graph import postprocess_cut
+    x = gs.Variable("x", np.float32, [1])
+    t = x
+    for i in range(5000):
+        out = gs.Variable(f"t{i}", np.float32, [1])
+        gs.Node("Relu", f"r{i}", inputs=[t], outputs=[out])
+        t = out
+    const = gs.Constant("c", np.ones(1, np.float32))
+    folded = gs.Variable("f", np.float32, [1])
+    gs.Node("Neg", "n", inputs=[const], outputs=[folded])
+    assert postprocess_cut._constant_only(t, {}) is False
+    assert postprocess_cut._constant_only(folded, {}) is True

@@ -389,3 +389,21 @@ def test_a_graph_the_parser_rejects_is_kept_apart(tmp_path, run_cli):
     assert ".trtpipe-staging-" not in err and "upsample_crop" in err
     assert [n.op_type for n in onnx.load(str(kept)).graph.node] == ["Resize"]
     assert not list((tmp_path / "out").rglob("*.plan")) and not (tmp_path / "out" / ".runs").exists()
+
+
+def test_a_source_among_the_weights_publishing_manages_is_refused(tmp_path):
+    """A model and content-named weights (as an earlier run published them) used as the source,
+    with output.dir their own folder: publishing would remove the weights as stray. Refused, and
+    the weights are still there."""
+    import onnx
+    recipe = tiny(tmp_path, out=".")
+    model = onnx.load(str(tmp_path / "tiny.onnx"))
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.onnx.0123456789abcdef.data", size_threshold=0)
+    recipe.write_text(recipe.read_text().replace("onnx: tiny.onnx", "onnx: m.onnx"))
+    weights = tmp_path / "m.onnx.0123456789abcdef.data"
+    before = weights.read_bytes()
+    code, _, err, _ = pipeline(recipe, "-q", env=env_for(tmp_path / "cache"))
+    assert code == errors.EXIT_OUTPUT, err
+    assert "publishing replaces or removes" in err and weights.name in err
+    assert weights.read_bytes() == before

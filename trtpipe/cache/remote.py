@@ -248,7 +248,13 @@ class RemoteTier:
         writer = cache.writer(kind, key)
         with writer:
             size = 0
-            for name, info in sorted(manifest["files"].items()):
+            files = manifest.get("files")
+            if not isinstance(files, dict) or not all(
+                    _plain_relative(name) and isinstance(info, dict) and isinstance(info.get("size"), int)
+                    and isinstance(info.get("sha256"), str) for name, info in files.items()):
+                self.warn(f"{where}: its manifest names files outside the entry or without size/sha256; ignored")
+                return None
+            for name, info in sorted(files.items()):
                 dest = writer.dir / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -329,3 +335,12 @@ def from_env(warn: Callable[[str], Any], manifest_format: int) -> RemoteTier | N
     if not url:
         return None
     return RemoteTier(open_store(url), warn, manifest_format, os.environ.get(LOG_ENV) or None)
+
+
+def _plain_relative(name: object) -> bool:
+    """A manifest file name that stays inside the entry: relative, no `..`, no empty parts."""
+    from pathlib import PurePosixPath
+    if not isinstance(name, str) or not name or "\\" in name:
+        return False
+    p = PurePosixPath(name)
+    return not p.is_absolute() and all(part not in ("", ".", "..") for part in p.parts)

@@ -10,12 +10,12 @@ normalization steps), the output map and the post-processing model's wiring. Fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trtpipe.cache.files import sha256_file
 from trtpipe.errors import DeployError, suggest
 
 REPORT = "report.json"
@@ -98,7 +98,10 @@ def load_published(out_dir: str | Path, *, verify: bool = True) -> Published:
     if verify:
         for name, meta in artifacts.items():
             path = files / name
-            if path.is_file() and isinstance(meta, dict) and meta.get("sha256") and _sha256(path) != meta["sha256"]:
+            if not path.is_file():
+                raise DeployError(f"{out / name} is listed in report.json but missing: the directory was changed "
+                                  "after the run", hint=f"re-run the recipe to publish a consistent set: {rerun}")
+            if isinstance(meta, dict) and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
                 raise DeployError(f"{out / name} is not the file the run published (its sha256 differs from "
                                   f"report.json's): the directory was changed after the run",
                                   hint=f"re-run the recipe to publish a consistent set: {rerun}")
@@ -221,14 +224,6 @@ def _check_report(report: dict, path: Path) -> None:
         if not _plain_name(name):
             raise DeployError(f"{path}: artifacts.{name}: not a plain file name inside the output directory: "
                               "report.json was changed after the run", hint="re-run the recipe to publish it again")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe(pub: Published) -> dict[str, Any]:

@@ -10,15 +10,13 @@ Deserializing needs a GPU the plan can run on: elsewhere the command stops and s
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from trtpipe.backend import has_runtime_gpu, resolve_backend
+from trtpipe.deploy.outputs import write_atomic
 from trtpipe.deploy.published import plan_backend
 from trtpipe.deploy.runtime import refit_engine
-from trtpipe.errors import BuildError, DeployError, OutputError
-from trtpipe.fileguard import default_file_mode
+from trtpipe.errors import BuildError, DeployError
 
 
 def refit(plan: str | Path, onnx_path: str | Path, dest: str | Path | None = None) -> Path:
@@ -59,7 +57,7 @@ def refit(plan: str | Path, onnx_path: str | Path, dest: str | Path | None = Non
                           hint="run refit on the machine that runs the plan")
     engine = refit_engine(backend, plan.read_bytes(), onnx_path)
     data = _serialize_with_weights(backend, engine)
-    _write(out, data)
+    write_atomic(out, lambda fh: fh.write(data), "-o PATH", "the refitted plan")
     return out
 
 
@@ -75,14 +73,3 @@ def _serialize_with_weights(backend, engine):
     if blob is None:
         raise DeployError(f"{backend.label} could not serialize the refitted engine")
     return bytes(memoryview(blob))
-
-
-def _write(path, data):
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write the refitted plan: {err.strerror or err}") from None

@@ -254,7 +254,7 @@ def _truncate(post: gs.Graph, k: int) -> dict:
                         f"detections (its outputs are padded to {size})")
         err.key = "max_detections"
         raise err
-    changed, new_outputs = [], []
+    changed = []
     for t, sh in zip(post.outputs, shapes):
         src = gs.Variable(f"{t.name}/before_max_detections", t.dtype, t.shape)
         t.inputs[0].outputs[t.inputs[0].outputs.index(t)] = src
@@ -266,7 +266,6 @@ def _truncate(post: gs.Graph, k: int) -> dict:
             cap = gs.Constant(f"{t.name}/max_detections/k", np.array(k, dtype=t.dtype))
             post.nodes.append(gs.Node("Min", f"{t.name}/max_detections", inputs=[src, cap], outputs=[t]))
         changed.append(t.name)
-        new_outputs.append(t)
     post.toposort()
     return {"from": size, "to": k, "places": changed}
 

@@ -138,14 +138,23 @@ def _ancestors(tensors: Iterable[gs.Tensor]) -> set[int]:
 
 def _constant_only(t: gs.Tensor, memo: dict[str, bool]) -> bool:
     """True if `t` is computed from constants alone (the post-processing model can compute it)."""
-    if isinstance(t, gs.Constant):
-        return True
-    if t.name in memo:
-        return memo[t.name]
-    memo[t.name] = False  # cycles cannot happen in a DAG; guards deep recursion on revisits
-    ok = bool(t.inputs) and all(_constant_only(i, memo) for i in node_inputs(t.inputs[0]))
-    memo[t.name] = ok
-    return ok
+    # iterative post-order (a recursion would overflow Python's stack on a backbone a few hundred
+    # nodes deep): a tensor is decided once all the producer's inputs are
+    stack = [(t, False)]
+    while stack:
+        cur, expanded = stack.pop()
+        if isinstance(cur, gs.Constant) or cur.name in memo:
+            continue
+        if not cur.inputs:                      # a graph input
+            memo[cur.name] = False
+            continue
+        inputs = node_inputs(cur.inputs[0])
+        if expanded:
+            memo[cur.name] = all(isinstance(i, gs.Constant) or memo.get(i.name, False) for i in inputs)
+        else:
+            stack.append((cur, True))
+            stack += [(i, False) for i in inputs if not isinstance(i, gs.Constant) and i.name not in memo]
+    return isinstance(t, gs.Constant) or memo[t.name]
 
 
 def find_cut(graph: gs.Graph, named: dict[str, str] | None = None, what: str = "post-processing",

@@ -175,7 +175,8 @@ def _onnx_desc(type_proto):
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "?"
     except (KeyError, TypeError, ValueError):
-        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+        known = tensor.elem_type in onnx.TensorProto.DataType.values()  # a newer onnx's type, or garbage
+        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower() if known else f"elem_type {tensor.elem_type}"
     if not tensor.HasField("shape"):
         return TensorDesc(dtype, None)
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)

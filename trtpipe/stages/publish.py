@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -46,14 +45,20 @@ from trtpipe.cache.files import fsync_dir, sha256_file
 from trtpipe.cache.store import pause
 from trtpipe.errors import OutputError
 from trtpipe.fileguard import disk_full_error, is_disk_full, special_kind
-from trtpipe.stages.run_files import FAILED_DIR, MARKER, RUNS_DIR, STAGING_PREFIX
+from trtpipe.stages.run_files import (
+    DATA_NAME,
+    FAILED_DIR,
+    MARKER,
+    RUNS_DIR,
+    STAGING_PREFIX,
+    legacy_artifact_names,
+)
 
 __all__ = ["Staging", "atomic_write_bytes", "sha256_file", "current_version", "published_names"]
 
 CURRENT = "current"
 SET_FILE = ".published.json"
 # a model's external weights named after their content: published as regular files (module docstring)
-DATA_NAME = re.compile(r".+\.[0-9a-f]{16}\.data$")
 
 
 class Staging:
@@ -154,7 +159,7 @@ class Staging:
         to identical content, so a kill during this or the switch still shows one whole set."""
         if os.path.lexists(runs / CURRENT):
             return
-        plain = sorted({n for n in list(names) + _legacy_names(self.out_dir)
+        plain = sorted({n for n in list(names) + legacy_artifact_names(self.out_dir)
                         if special_kind(self.out_dir / n) is None and not os.path.islink(self.out_dir / n)
                         and not DATA_NAME.match(n)})
         if not plain:
@@ -311,18 +316,3 @@ def remove_stale_versions(out_dir: str | Path) -> None:
         else:
             with contextlib.suppress(OSError):
                 entry.unlink()
-
-
-def _legacy_names(out_dir):
-    """Artifact names an earlier trt-pipeline's report.json lists (plain files in output.dir)."""
-    report = Path(out_dir) / "report.json"
-    if special_kind(report) is not None:
-        return []
-    try:
-        if report.stat().st_size > 64 * 2**20:
-            return []
-        artifacts = json.loads(report.read_text()).get("artifacts") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
-    names = [n for n in artifacts if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")]
-    return names + ["report.json", "report.md"]

@@ -21,7 +21,9 @@ input, or a special file where an output goes, is an output error (8).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +40,8 @@ FAILED_DIR = "failed"
 MARKER = ".trt-pipeline.json"
 LOCK = ".trt-pipeline.lock"
 STAGING_PREFIX = ".trtpipe-staging-"
+# external weights publishing names after their content; others in output.dir are removed
+DATA_NAME = re.compile(r".+\.[0-9a-f]{16}\.data$")
 EXTERNAL_CHECK_BYTES = 64 * 2**20  # source graphs read up front for their external data files
 
 
@@ -306,7 +310,8 @@ def output_problems(recipe: Recipe, out_dir: str | Path, via_option: bool = Fals
     trees = [(os.path.realpath(u.path), u) for u in uses if u.tree or os.path.isdir(u.path)]
     src = recipe.data["source"].get("onnx")
     model_dir = os.path.dirname(os.path.realpath(src)) if src else None
-    if src and special_kind(src) is None and (_under(model_dir, out_dir) or _under(out_dir, model_dir)):
+    if (src and special_kind(src) is None and os.path.getsize(src) <= EXTERNAL_CHECK_BYTES
+            and (_under(model_dir, out_dir) or _under(out_dir, model_dir))):
         for data in external_data_inputs(src):  # only read when outputs could land beside the model
             files.setdefault(os.path.realpath(data), FileUse(data, "external data of the source model",
                                                              ("source", "onnx")))
@@ -352,6 +357,18 @@ def output_problems(recipe: Recipe, out_dir: str | Path, via_option: bool = Fals
             if os.path.realpath(path) == real_timing:
                 problems.append(OutputError(f"{where(('build', 'timing_cache'))}the timing cache {timing} is also "
                                             f"{what}", hint="give the timing cache its own file"))
+    # files publishing replaces or removes when it switches versions: its own content-named weights,
+    # and the plain artifacts an older trt-pipeline left (adopted, then dropped). A run reading one
+    # of them (an earlier run's final ONNX and weights as the source) would delete its own input.
+    managed = set(legacy_artifact_names(out_dir))
+    for real, use in files.items():
+        name = os.path.basename(real)
+        if os.path.dirname(real) == str(out_dir) and (DATA_NAME.match(name) or name in managed):
+            problems.append(OutputError(
+                f"{_where(recipe, use.key) if use.key else use.path}: {use.what} {use.path} is a file of the "
+                f"output directory {out_dir} that publishing replaces or removes",
+                hint="copy the model (and its weights) elsewhere and name that copy in the recipe, or "
+                     "choose another output.dir"))
     kept = [out_dir / RUNS_DIR, out_dir / FAILED_DIR]
     for real, use in dict(list(files.items()) + trees).items():
         staged = _under(real, out_dir) and any(part.startswith(STAGING_PREFIX)
@@ -376,3 +393,19 @@ def _under(path, directory):
         return Path(path).is_relative_to(Path(directory))
     except (TypeError, ValueError):
         return False
+
+
+def legacy_artifact_names(out_dir: str | Path) -> list[str]:
+    """Artifact names an earlier trt-pipeline's report.json lists (plain files in output.dir, which
+    publishing adopts into a version and later removes); [] when there is no readable report."""
+    report = Path(out_dir) / "report.json"
+    if special_kind(report) is not None:
+        return []
+    try:
+        if report.stat().st_size > 64 * 2**20:
+            return []
+        artifacts = json.loads(report.read_text()).get("artifacts") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = [n for n in artifacts if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")]
+    return names + ["report.json", "report.md"]

@@ -24,7 +24,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from trtpipe.cache import files as cache_files
 from trtpipe.cache.files import external_bytes, inline_small
 from trtpipe.errors import SourceError, did_you_mean
-from trtpipe.fileguard import not_a_file
+from trtpipe.fileguard import disk_full_error, is_disk_full, not_a_file
 from trtpipe.graph.check import all_graphs, check_model, opset_version, relaxed_for_checker
 from trtpipe.recipe.resolved import SOURCE_KINDS
 from trtpipe.stages.source.support import check_io_types, check_tf2onnx_opset, check_versions, tf2onnx_max_opset
@@ -270,9 +270,15 @@ def _large_model_zip(path, where):
             raise SourceError(f"{where}: {path}: zip member {bad[0]!r} is not a plain file name (tf2onnx writes "
                               "flat archives)")
         tmp = tempfile.TemporaryDirectory(prefix="trtpipe-large-model-")
-        for name in names:
-            with archive.open(name) as src, open(os.path.join(tmp.name, name), "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 24)
+        try:
+            for name in names:
+                with archive.open(name) as src, open(os.path.join(tmp.name, name), "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+        except (zipfile.BadZipFile, EOFError, OSError) as err:  # a bad CRC, a truncated member, a full disk
+            tmp.cleanup()
+            if isinstance(err, OSError) and is_disk_full(err):
+                raise disk_full_error(err, tmp.name, what=f"{name} extracted from {path}") from err
+            raise SourceError(f"{where}: {path}: cannot extract {name}: {err}") from err
     return os.path.join(tmp.name, "__MODEL_PROTO.onnx"), tmp
 
 

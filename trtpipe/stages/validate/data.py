@@ -104,8 +104,8 @@ def _source_key(key, source_inputs, contract, where):
         return key
     if key in contract and contract[key].get("source_input") in source_inputs:
         return contract[key]["source_input"]
-    raise ValidationNotRunError(f"{where}: '{key}' is not an input of the source model "
-                          f"{list(source_inputs)}{suggest(key, list(source_inputs) + list(contract), cutoff=0.5)}")
+    raise RecipeError(f"{where}: '{key}' is not an input of the source model "
+                      f"{list(source_inputs)}{suggest(key, list(source_inputs) + list(contract), cutoff=0.5)}")
 
 
 def _data_shape(name, dims, override, contract):
@@ -146,11 +146,12 @@ def make_source_feeds(data_cfg: dict, source_inputs: dict[str, tuple[np.dtype, l
             recipe gives (`validate.data.npz`, `validate.data.inputs.<name>.value`).
 
     Raises:
-        ValidationError: a data key names no source input; no static shape is known for a
-            dynamic input; the .npz or images cannot be read or do not fit the inputs; a given
-            `value` does not fit its input.
-        ValidationNotRunError: no data can be made for an input: a parameter input without given
-            values, or a type validation cannot feed (bfloat16, float8, int4, float4, string).
+        RecipeError: a data key names no source input; the .npz is missing or not a regular file.
+        ValidationNotRunError: no data can be made for an input (exit 10): no static shape is
+            known for a dynamic input; the .npz or images cannot be read or do not fit the inputs;
+            the generated data would not fit in memory; a parameter input without given values; a
+            type validation cannot feed (bfloat16, float8, int4, float4, string).
+        ValidationError: a given `value` does not fit its input.
     """
     loc = (lambda *p: locate(("validate", "data") + p) + ": ") if locate else (lambda *p: "")
     per_input = {}
