@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -145,6 +146,13 @@ def venv(wheel, tmp_path_factory):
                           cwd=path.parent)
     assert code == 0, out + err
     python = path / "bin" / "python"
+    # --system-site-packages reaches the base interpreter's packages; when this environment is itself
+    # a venv, its packages are elsewhere: name them in a .pth (plain paths: their own .pth files, such
+    # as an editable trt-pipeline's finder, are not run)
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    parent = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    Path(own, "_test_parent_env.pth").write_text("".join(p + "\n" for p in parent))
     # this environment's pip, run by the venv's python, installs into the venv; --ignore-installed: an
     # editable trt-pipeline in this environment must not count as already installed
     code, out, err = _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q",

@@ -9,8 +9,11 @@ import importlib
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 from trtpipe.errors import BuildError
 
@@ -26,12 +29,28 @@ INSTALL_ALL = "pip install 'trt-pipeline[all]'"
 BACKEND_MODULES = {"tensorrt": ("tensorrt",), "tensorrt_rtx": ("tensorrt_rtx_bindings", "tensorrt_rtx")}
 
 
-@dataclass(frozen=True, eq=False)
 class Backend:
-    name: str            # "tensorrt" or "tensorrt_rtx"
-    trt: object          # the imported module
-    version: str         # e.g. "1.7.1.116"
-    version_tuple: tuple  # e.g. (1, 7, 1, 116)
+    """A resolved backend: its name and version, and its Python module imported on first use.
+
+    The version comes from the installed distribution's metadata, so resolving a backend imports
+    nothing: a fully cached run (issue 13: no-op re-runs) never loads TensorRT's native libraries
+    (and, for TensorRT-RTX, the ONNX Runtime they are shipped with). `trt` imports the module
+    the first time a stage needs it and raises BuildError if that fails.
+    """
+
+    def __init__(self, name: str, version: str, load: Callable[[], Any]) -> None:
+        self.name = name                       # "tensorrt" or "tensorrt_rtx"
+        self.version = version                 # e.g. "1.7.1.116"
+        self.version_tuple = _vtuple(version)  # e.g. (1, 7, 1, 116)
+        self._load, self._trt = load, None
+
+    @property
+    def trt(self) -> Any:
+        """The backend's Python module (`tensorrt` or TensorRT-RTX's bindings), imported now if
+        it was not yet. Raises BuildError if it cannot be imported."""
+        if self._trt is None:
+            self._trt = self._load()
+        return self._trt
 
     @property
     def major(self) -> int:
@@ -52,9 +71,13 @@ def resolve_backend(name: str = "auto") -> Backend:
     if name not in NAMES:
         raise BuildError(f"unknown build backend {name!r}; expected one of {', '.join(NAMES)}")
     if name == "tensorrt":
-        return _load_tensorrt()
+        return _lazy("tensorrt", _import_tensorrt)
     if name == "tensorrt_rtx":
-        return _load_rtx()
+        return _lazy("tensorrt_rtx", _import_rtx)
+    if "tensorrt" not in installed_backends():
+        return _lazy("tensorrt_rtx", _import_rtx_for_auto)
+    # both may be installed: auto falls back to TensorRT-RTX only if tensorrt fails to import,
+    # which takes importing it
     try:
         return _load_tensorrt()
     except BuildError as trt_err:
@@ -91,32 +114,96 @@ def _module_installed(name):
         return False
 
 
-def _load_tensorrt():
-    try:
-        trt = importlib.import_module("tensorrt")
-        version = trt.__version__
-    except Exception as exc:  # ImportError, or OSError when libnvinfer is missing
-        raise BuildError(f"backend tensorrt cannot be imported ({type(exc).__name__}: {exc}); "
-                         f"install it with: {_TRT_INSTALL}") from None
-    backend = Backend("tensorrt", trt, version, _vtuple(version))
-    if backend.major < 10:
-        raise BuildError(f"tensorrt {version} is too old: trt-pipeline needs TensorRT 10 or newer "
-                         f"(modern builder API); install it with: {_TRT_INSTALL}")
+def _lazy(name: str, load: Callable[[], Any]) -> Backend:
+    """The backend `name`, its version read from metadata, imported when `trt` is first used;
+    imported now if its metadata cannot be found (a source build without a dist-info)."""
+    if name == "tensorrt_rtx":
+        _point_polygraphy_at_rtx()
+    version = _installed_version(name)
+    if version is None:
+        trt = load()
+        backend = Backend(name, getattr(trt, "__version__", "0"), lambda: trt)
+    else:
+        backend = Backend(name, version, load)
+    _check_version(backend)
     return backend
 
 
+def _installed_version(name: str) -> str | None:
+    """The version of the distribution whose RECORD lists the backend's module, found beside the
+    module (no import, no scan of every installed distribution), or None."""
+    for module in BACKEND_MODULES[name]:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.origin:
+            continue
+        pkg = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+        site_dir, own = pkg.parent, f"{pkg.name}/__init__.py" if spec.submodule_search_locations else pkg.name
+        for info in sorted(site_dir.glob("tensorrt*.dist-info")):
+            dist = metadata.PathDistribution(info)
+            if any(str(f) == own for f in dist.files or ()):
+                return dist.version
+    return None
+
+
+def _check_version(backend: Backend) -> None:
+    if backend.name == "tensorrt" and backend.major < 10:
+        raise BuildError(f"tensorrt {backend.version} is too old: trt-pipeline needs TensorRT 10 or newer "
+                         f"(modern builder API); install it with: {_TRT_INSTALL}")
+
+
+def _load_tensorrt():
+    backend = Backend("tensorrt", "", _import_tensorrt)
+    trt = backend.trt
+    backend = Backend("tensorrt", trt.__version__, lambda: trt)
+    _check_version(backend)
+    return backend
+
+
+def _import_tensorrt():
+    try:
+        trt = importlib.import_module("tensorrt")
+        trt.__version__  # noqa: B018 -- a broken install lacks it
+    except Exception as exc:  # ImportError, or OSError when libnvinfer is missing
+        raise BuildError(f"backend tensorrt cannot be imported ({type(exc).__name__}: {exc}); "
+                         f"install it with: {_TRT_INSTALL}") from None
+    return trt
+
+
 def _load_rtx():
-    # Polygraphy reads this when polygraphy.config is first imported; set it before that happens,
-    # and patch the config if it was imported already.
+    return _lazy("tensorrt_rtx", _import_rtx)
+
+
+def _point_polygraphy_at_rtx():
+    # Polygraphy reads this when polygraphy.config is first imported; set it before that happens
+    # (at resolve time, before any stage), and patch the config if it was imported already.
     os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
     if "polygraphy.config" in sys.modules:
         sys.modules["polygraphy.config"].USE_TENSORRT_RTX = True
+
+
+def _import_rtx():
+    _point_polygraphy_at_rtx()
     trt = sys.modules.get("tensorrt_rtx")
     if trt is None:
         trt = _import_rtx_bindings()
         sys.modules["tensorrt_rtx"] = trt  # so `import tensorrt_rtx` (Polygraphy) gets the same module
-    version = getattr(trt, "__version__", "0")
-    return Backend("tensorrt_rtx", trt, version, _vtuple(version))
+    return trt
+
+
+def _import_rtx_for_auto():
+    """`auto` without tensorrt installed: TensorRT-RTX, failing as `auto` fails (both reasons)."""
+    try:
+        return _import_rtx()
+    except BuildError as rtx_err:
+        try:
+            _import_tensorrt()
+        except BuildError as trt_err:
+            raise BuildError("no TensorRT backend can be imported:\n  - " + str(trt_err)
+                             + "\n  - " + str(rtx_err)) from None
+        raise
 
 
 def _import_rtx_bindings():

@@ -9,6 +9,7 @@ group `trt_pipeline.passes` (each entry point is a module or callable that calls
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -28,15 +29,38 @@ _loaded = False
 PassFunc = TypeVar("PassFunc", bound=Callable[..., Any])
 
 
-@dataclasses.dataclass
 class PassInfo:
-    """A registered pass: its function, parameter schema and the module that registered it."""
+    """A registered pass: its function, parameter schema and the module that registered it.
 
-    name: str
-    func: Callable
-    schema: dict
-    origin: str  # module that registered it
-    precheck: Callable | None = None  # precheck(params, ctx): raise before any conversion
+    A built-in pass is known from its shipped schema before its module is imported (see `get`):
+    `func` and `precheck` import the module on first use, so checking a recipe, computing cache
+    keys and a fully cached run never load onnx-graphsurgeon, onnx or numpy (issue 13).
+    """
+
+    def __init__(self, name: str, func: Callable | None, schema: dict, origin: str,
+                 precheck: Callable | None = None) -> None:
+        self.name, self.schema, self.origin = name, schema, origin
+        self._func, self._precheck = func, precheck
+
+    @property
+    def func(self) -> Callable:
+        """The pass function `(graph: gs.Graph, params: dict, ctx: PassContext) -> gs.Graph`."""
+        self._import()
+        return self._func
+
+    @property
+    def precheck(self) -> Callable | None:
+        """`precheck(params, ctx)`, raising a PipelineError for a configuration the backend cannot
+        build, or None."""
+        self._import()
+        return self._precheck
+
+    def _import(self) -> None:
+        if self._func is None:  # a built-in known from its schema: its module registers it on import
+            importlib.import_module(self.origin)
+            if self.name not in _PASSES:
+                raise RuntimeError(f"built-in pass module {self.origin} did not register a pass named '{self.name}'")
+            self._func, self._precheck = _PASSES[self.name]._func, _PASSES[self.name]._precheck
 
     @property
     def summary(self) -> str:
@@ -150,9 +174,37 @@ def load_all() -> None:
 
 
 def get(name: str) -> PassInfo | None:
-    """The registered pass `name`, or None."""
+    """The registered pass `name`, or None.
+
+    Without third-party entry points installed, a built-in pass is answered from its shipped
+    schema (schemas/passes/<name>.schema.json beside passes/<name>.py) and its module imported
+    only when its function or precheck is used; with any installed, everything is loaded first
+    (a plugin may register, or collide with, any name).
+    """
+    if _loaded or name in _PASSES:
+        return _PASSES.get(name)
+    if not _has_entry_points() and name in _builtin_modules():
+        from trtpipe.recipe.schema import load_schema
+        return PassInfo(name, None, load_schema(f"passes/{name}.schema.json"), _builtin_modules()[name])
     load_all()
     return _PASSES.get(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _has_entry_points() -> bool:
+    """Whether any installed distribution declares a `trt_pipeline.passes` entry point (read once
+    per process, like the passes themselves)."""
+    return bool(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_modules() -> dict[str, str]:
+    """{pass name: module} of the built-in passes, from the file names: passes/<name>.py registers
+    `name` with schemas/passes/<name>.schema.json (tests/passes/test_registry_lazy.py holds them to it)."""
+    from trtpipe.recipe.schema import has_schema, own_top_level_package
+    passes = own_top_level_package("passes")
+    return {mod.name: f"passes.{mod.name}" for mod in pkgutil.iter_modules(passes.__path__)
+            if not mod.name.startswith("_") and has_schema(f"passes/{mod.name}.schema.json")}
 
 
 def names() -> list[str]:

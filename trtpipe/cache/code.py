@@ -121,7 +121,10 @@ def module_file(name: str) -> Path | None:
     """The source file of module `name` (a package's `__init__.py`), found without importing it
     (only its top-level package is looked up, which is already imported for project code)."""
     top, *rest = name.split(".")
-    spec = sys.modules[top].__spec__ if top in sys.modules else importlib.util.find_spec(top)
+    mod = sys.modules.get(top)  # None: an import of it is blocked
+    if top in sys.modules and mod is None:
+        return None
+    spec = mod.__spec__ if mod is not None else importlib.util.find_spec(top)
     if spec is None:
         return None
     if not rest:
@@ -135,9 +138,15 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+# trt-pipeline's own top-level packages (setup.cfg [options.packages.find])
+OWN_PACKAGES = frozenset({"trtpipe", "passes", "schemas"})
+
+
 def _distribution_packages(tops: set[str]) -> set[str]:
     """Top-level import names shipped by the distributions that ship `tops` (a third-party pass
     package may import a sibling top-level module of its own wheel)."""
+    if tops <= OWN_PACKAGES:  # only trt-pipeline's own: no scan of every installed distribution
+        return set(OWN_PACKAGES)
     by_top = _packages_distributions()
     dists = {d for top in tops for d in by_top.get(top, [])}
     return {top for top, owners in by_top.items() if dists.intersection(owners)}
@@ -150,10 +159,10 @@ def _packages_distributions() -> dict[str, list[str]]:
     the memo file between runs while no directory on sys.path changed (an install or removal
     changes its directory's mtime)."""
     from importlib import metadata
-    stamp = []
-    for entry in sys.path:
+    stamp = []  # one per directory, however sys.path spells it ('' and the script's dir may be the cwd)
+    for entry in sorted({os.path.abspath(e or ".") for e in sys.path}):
         try:
-            stamp.append([entry, os.stat(entry or ".").st_mtime_ns])
+            stamp.append([entry, os.stat(entry).st_mtime_ns])
         except OSError:
             stamp.append([entry, None])
     saved = _dists.get("saved")
@@ -215,17 +224,19 @@ def _scan(path: Path, package: str | None = None) -> tuple[str, list[str]]:
 
 
 def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node of `tree` except those under `if TYPE_CHECKING:`: imports made only for type
-    annotations never run, so they are no dependency of a stage's output."""
-    stack = [tree]
+    """Every statement of `tree` (at any depth: function bodies, branches, handlers) except those
+    under `if TYPE_CHECKING:`: imports made only for type annotations never run, so they are no
+    dependency of a stage's output. Expressions are not descended into (an import is a
+    statement), which keeps a scan of ~300 modules at a few milliseconds each."""
+    stack = list(getattr(tree, "body", []))
     while stack:
         node = stack.pop()
         yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child.test):
-                stack.extend(child.orelse)
-                continue
-            stack.append(child)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            stack.extend(getattr(node, field, None) or ())
 
 
 def _is_type_checking(test: ast.expr) -> bool:

@@ -315,12 +315,12 @@ def model_files(path: str | Path) -> list[Path]:
 
 def copy_model(src: str | Path, dest: str | Path) -> None:
     """Copy a saved model (and its external data, renamed after `dest`) without loading weights."""
-    import onnx
     src, dest = Path(src), Path(dest)
     files = model_files(src)
     if len(files) == 1:
         shutil.copyfile(src, dest)
         return
+    import onnx  # only to rewrite the data file's name: a model without external data needs none
     shutil.copyfile(files[1], dest.with_name(dest.name + ".data"))
     model = onnx.load(str(src), load_external_data=False)
     for t in all_tensors(model):

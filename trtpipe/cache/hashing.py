@@ -5,6 +5,7 @@ names. The code a stage depends on is hashed by cache/code.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from trtpipe.cache.files import all_tensors, atomic_write, sha256_file
+from trtpipe.cache.files import atomic_write, sha256_file
 
 
 def digest(obj: Any) -> str:
@@ -24,14 +25,16 @@ def digest(obj: Any) -> str:
 
 def versions(*dists: str) -> dict[str, str | None]:
     """{distribution: installed version or None}, read from metadata: importing TensorFlow to
-    ask it would cost seconds."""
-    found = {}
-    for name in dists:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    ask it would cost seconds. Each distribution is looked up once per process."""
+    return {name: _version(name) for name in dists}
+
+
+@functools.lru_cache(maxsize=None)
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class Hasher:
@@ -98,19 +101,15 @@ class Hasher:
         return self.tree(path) if Path(path).is_dir() else self.file(path)
 
     def onnx_file(self, path: str | Path) -> str:
-        """An ONNX file plus the external data files it names."""
-        import onnx
-        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+        """An ONNX file plus the external data files it names (found in the wire format, without
+        importing onnx: review/model_names.external_locations; an unreadable model names none, the
+        source stage reports it)."""
+        from trtpipe.review.model_names import external_locations
         path = Path(path)
         own = self.file(path)
         key = ("deps", str(path.resolve()), own)
         if key not in self._mem:
-            try:
-                model = onnx.load(str(path), load_external_data=False)
-                locations = sorted({ExternalDataInfo(t).location for t in all_tensors(model) if uses_external_data(t)})
-            except Exception:  # unreadable: the source stage reports it; hash what is there
-                locations = []
-            self._mem[key] = locations
+            self._mem[key] = external_locations(path)
         deps = [[loc, self.file(path.parent / loc)] for loc in self._mem[key] if (path.parent / loc).is_file()]
         return digest([own, deps])
 

@@ -62,7 +62,13 @@ class Keys:
             use_memo(hasher.root.parent / "codescan.json")
 
     def source(self) -> str | None:
-        """The source stage's key, or None when the source file or directory is missing."""
+        """The source stage's key, or None when the source file or directory is missing (computed
+        once per run: the run peeks at it before the stage asks)."""
+        if not hasattr(self, "_source"):
+            self._source = self._source_key()
+        return self._source
+
+    def _source_key(self):
         src = self.recipe.data["source"]
         kind = next(k for k in SOURCE_KINDS if src.get(k))
         opts = {k: v for k, v in src.items() if k not in SOURCE_KINDS}
@@ -86,7 +92,7 @@ class Keys:
         info = registry.get(item["pass"])
         return digest({"stage": "pass", "input": input_sha, "pass": item["pass"], "params": item["params"],
                        "files": referenced_files(item["params"], self.recipe.dir, self.hasher),
-                       "code": stage_code("pass", (info.func.__module__,)), "ctx": ctx_state,
+                       "code": stage_code("pass", (info.origin,)), "ctx": ctx_state,
                        "context": self._pass_context(),
                        "versions": versions("onnx", "onnx-graphsurgeon", "numpy")})
 

@@ -292,6 +292,11 @@ class Cache:
                 os.utime(d / MANIFEST)
         return entry
 
+    def has_local(self, kind: str, key: str | None) -> bool:
+        """Whether the local store holds an entry for `key` (its manifest exists; nothing is read,
+        verified or fetched from the remote tier)."""
+        return key is not None and (self.entry_dir(kind, key) / MANIFEST).is_file()
+
     def pass_artifact_names(self, key: str) -> list[str]:
         """Artifacts a pass entry holds, read from its manifest before any file is verified."""
         try:

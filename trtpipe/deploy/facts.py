@@ -17,8 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from trtpipe.backend import has_runtime_gpu
 from trtpipe.deploy.export import export_lines
 from trtpipe.errors import RecipeError
@@ -74,6 +72,7 @@ def deploy_section(*, recipe: Any, backend: Any, ctx: Any, staging: Any, plan_pa
 
 def onnx_weights_bytes(path: Path) -> int:
     """Bytes of the initializers (weights) of an ONNX model, inline or in external data."""
+    import onnx  # here: a fully cached run makes the deploy section without loading onnx
     model = onnx.load(str(path), load_external_data=False)
     total = 0
     for init in model.graph.initializer:

@@ -207,7 +207,6 @@ def _error_list(path, errors, marks):
 
 def _check_passes(raw):
     errors = []
-    known = registry.names()
     items = raw.get("passes")
     for i, item in enumerate(items if isinstance(items, list) else []):
         if not isinstance(item, dict) or not isinstance(item.get("pass"), str):
@@ -215,7 +214,7 @@ def _check_passes(raw):
         info = registry.get(item["pass"])
         if info is None:
             errors.append(((("passes", i, "pass")),
-                           f"unknown pass '{item['pass']}'{suggest(item['pass'], known)}; "
+                           f"unknown pass '{item['pass']}'{suggest(item['pass'], registry.names())}; "
                            f"`python pipeline.py passes` lists them"))
             continue
         if isinstance(item.get("params", {}), dict):

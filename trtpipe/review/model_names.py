@@ -148,6 +148,77 @@ def read_onnx(path: str | Path) -> ModelNames:
     return ModelNames("onnx", str(path), inputs, outputs, frozenset(tensors), frozenset(nodes), frozenset(inits))
 
 
+def external_locations(path: str | Path) -> list[str]:
+    """The `location` of every tensor of an ONNX model file whose data is external, as written in
+    the model (relative to its directory), read from the wire format: weights and the data files
+    are never read, and onnx is not imported (a fully cached run reads no model, issue 13).
+
+    Walks what trtpipe.cache.files.all_tensors walks: initializers, sparse initializers' values
+    and tensor attributes (`t`, `tensors`), in the main graph and every subgraph (`g`, `graphs`).
+    Field numbers (onnx/onnx.proto3): ModelProto.graph 7; GraphProto node 1, initializer 5,
+    sparse_initializer 15; SparseTensorProto values 1; NodeProto attribute 5; AttributeProto t 5,
+    g 6, tensors 10, graphs 11; TensorProto external_data 13 (StringStringEntryProto key 1,
+    value 2), data_location 14 (EXTERNAL = 1).
+
+    Args:
+        path: an .onnx file.
+
+    Returns:
+        Sorted distinct locations; [] for a file that is not a readable ONNX model (the source
+        stage reports that with context).
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    buf, f = _map(path)
+    found: set[str] = set()
+    try:
+        for number, kind, value in wire.fields(buf):
+            if number == 7 and kind == wire.LENGTH:
+                _graph_locations(buf, value, found)
+    except (wire.WireError, IndexError, RecursionError):
+        return []
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+        f.close()
+    return sorted(found)
+
+
+def _graph_locations(buf, span, found):
+    for number, kind, value in wire.fields(buf, span[0], sum(span)):
+        if kind != wire.LENGTH:
+            continue
+        if number == 5:
+            _tensor_location(buf, value, found)
+        elif number == 15:
+            for n, k, v in wire.fields(buf, value[0], sum(value)):
+                if n == 1 and k == wire.LENGTH:
+                    _tensor_location(buf, v, found)
+        elif number == 1:
+            for n, k, attr in wire.fields(buf, value[0], sum(value)):
+                if n == 5 and k == wire.LENGTH:
+                    for an, ak, av in wire.fields(buf, attr[0], sum(attr)):
+                        if ak == wire.LENGTH and an in (5, 10):
+                            _tensor_location(buf, av, found)
+                        elif ak == wire.LENGTH and an in (6, 11):
+                            _graph_locations(buf, av, found)
+
+
+def _tensor_location(buf, span, found):
+    external, location = False, None
+    for number, kind, value in wire.fields(buf, span[0], sum(span)):
+        if number == 14 and kind == wire.VARINT:
+            external = value == 1
+        elif number == 13 and kind == wire.LENGTH:
+            entry = dict((n, wire.text(buf, v)) for n, k, v in wire.fields(buf, value[0], sum(value))
+                         if k == wire.LENGTH)
+            if entry.get(1) == "location":
+                location = entry.get(2, "")
+    if external and location:
+        found.add(location)
+
+
 def _node(buf, span, tensors):
     """A NodeProto's name(s) (yielded) and its input/output tensor names (added to `tensors`);
     its attributes (which may hold whole tensors) are stepped over."""

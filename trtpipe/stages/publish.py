@@ -281,13 +281,13 @@ def name_data_by_content(model_path: str | Path) -> str | None:
     Returns:
         The new weights file name, or None when the model keeps its weights inside.
     """
-    import onnx
-
-    from trtpipe.cache.files import all_tensors
     model_path = Path(model_path)
     data = model_path.with_name(model_path.name + ".data")
     if not data.is_file():
         return None
+    import onnx
+
+    from trtpipe.cache.files import all_tensors
     new = f"{model_path.name}.{sha256_file(data)[:16]}.data"
     model = onnx.load(str(model_path), load_external_data=False)
     for tensor in all_tensors(model):

@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import types
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trtpipe.fileguard import default_file_mode
-from trtpipe.stages.publish import atomic_write_bytes, sha256_file
+from trtpipe.stages.publish import sha256_file
 from trtpipe.stages.report_md import to_markdown
 
 if TYPE_CHECKING:
@@ -35,13 +34,8 @@ _TOOLS = ["trt-pipeline", "onnx", "onnxruntime", "tf2onnx", "tensorflow-cpu", "t
 
 def tool_versions() -> dict[str, str]:
     """{distribution: version} of Python, this tool and every library a run uses that is installed."""
-    out = {"python": platform.python_version()}
-    for dist in _TOOLS:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    from trtpipe.cache.hashing import versions  # looked up once per process, shared with the cache keys
+    return {"python": platform.python_version(), **{k: v for k, v in versions(*_TOOLS).items() if v is not None}}
 
 
 def make_report(*, recipe: Recipe, backend: Backend, source: types.SimpleNamespace, pass_stats: list[dict],
@@ -87,12 +81,14 @@ def _nodes(source):
 
 
 def write(rep: dict, json_path: str | Path, md_path: str | Path) -> None:
-    """Write report.json and report.md atomically, readable like every other published file
-    (0666 less the umask; a temporary file's 0600 would hide the report from other users)."""
+    """Write report.json and report.md into the run's staging directory, readable like every other
+    published file (0666 less the umask). Nobody reads the staging directory, and publishing
+    syncs every file it moves out of it (publish.py), so the files are not synced here."""
     for path, data in ((json_path, (json.dumps(rep, indent=2, default=str) + "\n").encode()),
                        (md_path, to_markdown(rep).encode())):
-        atomic_write_bytes(path, data)
-        os.chmod(path, default_file_mode())  # still in the staging directory: nobody reads it yet
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, default_file_mode())
 
 
 

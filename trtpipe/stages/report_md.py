@@ -20,8 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from trtpipe.stages.validate.detections import BORDERLINE
-from trtpipe.stages.validate.informative import EXPLAIN, RULE
+from trtpipe.stages.validate.wording import BORDERLINE, EXPLAIN, RULE
 
 # dists named on the report's `tools` line, in pipeline order (all versions are in report.json `tools`)
 HEADLINE_TOOLS = ["trt-pipeline", "tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnx-graphsurgeon",

@@ -10,7 +10,8 @@
 
 Drawn with Pillow (trtpipe/deploy/drawing.py draws the boxes), no plotting library. The pictures
 depend on exactly what validation's result depends on, so they are kept in the stage cache under
-a key made of the validation key and this module's code: a no-op re-run copies them back. They
+a key made of the validation key and this module's code (report_pictures_cached.py): a no-op
+re-run copies them back. They
 never fail a run: when one cannot be made (ONNX Runtime cannot run a model, no image input), the
 report says why instead.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -31,51 +31,12 @@ from trtpipe.errors import PipelineError
 from trtpipe.fileguard import default_file_mode
 
 if TYPE_CHECKING:
-    from trtpipe.registry import PassContext
-    from trtpipe.stages.run_state import RunState
+    pass
 
-KIND = "pictures"          # stage-cache kind
 MAX_PANELS = 8             # error histograms drawn (the first outputs compared)
 MAX_BOXES = 25             # detections drawn per side (the best ones)
 BG, FG = (255, 255, 255), (30, 30, 30)
 BAR, LIMIT, EXACT = (70, 110, 180), (200, 40, 40), (60, 150, 80)
-
-
-def run(state: RunState, source_path: Path, final_path: Path, ctx: PassContext, staging: Any,
-        validation: dict) -> dict[str, Any]:
-    """Make (or restore from the stage cache) the report's pictures into the staging directory.
-
-    Returns:
-        {"status": "made" | "not made", "reason": why not (or None), "feed": what was drawn,
-        "files": {"detections": file name, "errors": file name} (those made)}.
-    """
-    if validation.get("status") == "skipped" or not (state.recipe.data.get("validate") or {}).get("enabled", True):
-        return {"status": "not made", "reason": "validation did not run", "files": {}}
-    from trtpipe.cache.code import code_digest
-    from trtpipe.cache.hashing import digest, versions
-    key = digest({"stage": KIND, "validate": (state.stages.get("validate") or {}).get("key"),
-                  "code": code_digest([__name__]), "versions": versions("onnxruntime", "pillow", "numpy")})
-    # entries hold the pictures by role (recipes with equal validation share them, under their own names)
-    entry = state.cache.get(KIND, key, verify=None) if "validate" not in state.forced else None
-    if entry is not None:
-        meta = dict(entry.meta["pictures"])
-        meta["files"] = {role: f"{state.recipe.name}.{role}.png" for role in meta["files"]}
-        for role, name in meta["files"].items():
-            _copy_public(entry.path(f"{role}.png"), staging.path(name))
-        return meta
-    with state.ui.working("drawing the report's pictures"):
-        meta = make_pictures(recipe=state.recipe, source_path=source_path, final_path=final_path,
-                             contract=ctx.input_contract, output_map=ctx.output_map, postprocess=ctx.postprocess,
-                             out_dir=staging.dir, name=state.recipe.name)
-    if meta["status"] == "made":
-        with state.cache.writer(KIND, key) as w:
-            for role, name in meta["files"].items():
-                w.add_file(f"{role}.png", staging.path(name))
-            w.meta = {"pictures": meta}
-            w.commit()
-    else:
-        state.ui.detail(f"report pictures not made: {meta['reason']}")
-    return meta
 
 
 def make_pictures(*, recipe: Any, source_path: Path, final_path: Path, contract: dict | None,
@@ -359,9 +320,3 @@ def save_png(image: Any, path: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def _copy_public(src, dst):
-    shutil.copyfile(src, dst)
-    os.chmod(dst, default_file_mode())
-

@@ -33,7 +33,7 @@ from trtpipe.recipe.load import load_recipe
 from trtpipe.registry import PassContext
 from trtpipe.review.check import precheck_passes, raise_first
 from trtpipe.stages import report as report_mod
-from trtpipe.stages import report_pictures
+from trtpipe.stages import report_pictures_cached
 from trtpipe.stages.build import cached as build_stage
 from trtpipe.stages.output_dir import OutputDir
 from trtpipe.stages.passes import cached as passes_stage
@@ -112,16 +112,21 @@ def _run(recipe_path, ui, options):
     raise_first(input_problems(recipe))
     raise_first(output_problems(recipe, out["dir"], via_option=bool(options.output_dir)))
     backend = resolve_backend(recipe.data["build"]["backend"])
-    problems = precheck_passes(recipe, PassContext(name=recipe.name, backend=backend.name,
-                                                   backend_version=backend.version_tuple, recipe_dir=recipe.dir,
-                                                   plugin_libraries=recipe.data["build"]["plugins"],
-                                                   warner=ui.warn))
-    raise_first(problems)  # refuse before minutes of conversion, e.g. a plugin the backend lacks
     forced = forced_stages(recipe, options.force, options.from_stage)
     root, _ = resolve_dir(options.cache_dir)
     cache = Cache(root, warn=ui.warn).open()
     cache.replace_existing = bool(forced)
     state = RunState(recipe, backend, ui, options, cache, Keys(recipe, backend, cache.hasher), forced)
+    # The passes' prechecks refuse what cannot build (e.g. a plugin the backend lacks) before
+    # minutes of conversion and before output.dir is touched. They import every pass module
+    # (onnx, numpy, graphsurgeon), so when the source stage is cached they wait for the first
+    # stage with work to do: a fully cached run repeats what they once let through (issue 13).
+    state.before_work = lambda: raise_first(precheck_passes(recipe, PassContext(
+        name=recipe.name, backend=backend.name, backend_version=backend.version_tuple, recipe_dir=recipe.dir,
+        plugin_libraries=recipe.data["build"]["plugins"], warner=ui.warn)))
+    if not cache.has_local("source", state.keys.source()) or "source" in forced:
+        check, state.before_work = state.before_work, None
+        check()
     state.timings["recipe"] = ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es), "
                                       f"backend {backend.name} {backend.version}")
 
@@ -179,7 +184,7 @@ def _stages(state, staging, out, t0, out_dir):
     deploy, deploy_files = deploy_section(recipe=recipe, backend=backend, ctx=ctx, staging=staging,
                                           plan_path=plan_path, final_path=final_path, build_result=result)
     # the pictures report.md links (report_pictures.py); one that cannot be made is said in the report
-    pictures = report_pictures.run(state, source_path, final_path, ctx, staging, validation)
+    pictures = report_pictures_cached.run(state, source_path, final_path, ctx, staging, validation)
     picture_files = sorted(pictures["files"].values())
     raise_first(output_problems(recipe, out["dir"], via_option=bool(state.options.output_dir),
                                 extra=[(name, f"artifact '{name}' of a pass") for name in extra]
@@ -288,6 +293,16 @@ def _bisect(recipe_path, ui, options, bisect):
     cache = Cache(root, warn=ui.warn).open()
     cache.replace_existing = bool(forced)
     state = RunState(recipe, backend, ui, options, cache, Keys(recipe, backend, cache.hasher), forced)
+    # The passes' prechecks refuse what cannot build (e.g. a plugin the backend lacks) before
+    # minutes of conversion and before output.dir is touched. They import every pass module
+    # (onnx, numpy, graphsurgeon), so when the source stage is cached they wait for the first
+    # stage with work to do: a fully cached run repeats what they once let through (issue 13).
+    state.before_work = lambda: raise_first(precheck_passes(recipe, PassContext(
+        name=recipe.name, backend=backend.name, backend_version=backend.version_tuple, recipe_dir=recipe.dir,
+        plugin_libraries=recipe.data["build"]["plugins"], warner=ui.warn)))
+    if not cache.has_local("source", state.keys.source()) or "source" in forced:
+        check, state.before_work = state.before_work, None
+        check()
     state.will_build = False
     ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es)")
     lock = cache.recipe_lock(recipe.path, on_wait=lambda pid: ui.info(

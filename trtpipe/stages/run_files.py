@@ -138,7 +138,7 @@ def input_problems(recipe: Recipe) -> list[PipelineError]:
     """Inputs that are missing or of the wrong kind, each a PipelineError (source model and its
     external data: SourceError; every other path: RecipeError) whose message starts with
     `file:line:col: key.path:`. `check` prints the messages; a run raises the first class."""
-    from trtpipe.stages.source.load import missing_path_error, source_file_problem
+    from trtpipe.stages.source.paths import missing_path_error, source_file_problem
     problems = []
     for use in recipe_inputs(recipe):
         where = _where(recipe, use.key)
@@ -253,25 +253,12 @@ def _image_folder(path, where):
 
 
 def external_data_inputs(model_path: str | Path) -> list[str]:
-    """The external data files an ONNX model names (absolute paths; the graph is read, no weights).
-    Call only for a regular file; an unreadable model gives [] (the source stage reports it)."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    from trtpipe.cache.files import all_tensors
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - any parse failure: the source stage reports it with context
-        return []
+    """The external data files an ONNX model names (absolute paths; the graph's wire format is read,
+    no weights, no onnx import: review/model_names.external_locations). Call only for a regular
+    file; an unreadable model gives [] (the source stage reports it)."""
+    from trtpipe.review.model_names import external_locations
     base = Path(model_path).parent
-    out = set()
-    for t in all_tensors(model):
-        if uses_external_data(t):
-            try:
-                out.add(str(base / ExternalDataInfo(t).location))
-            except ValueError:  # a bad offset/length: the source stage names the tensor
-                continue
-    return sorted(out)
+    return sorted({str(base / location) for location in external_locations(model_path)})
 
 
 # ------------------------------------------------------------------------------------ outputs

@@ -11,6 +11,8 @@ from trtpipe.cache.files import MODEL
 from trtpipe.errors import EXIT_USAGE, PipelineError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import onnx
 
     from trtpipe.backend import Backend
@@ -95,6 +97,9 @@ class RunState:
         # stage, cached or not; validation bisects them when it fails (stages/validate/bisect.py).
         self.pass_models: list[tuple[str, ModelRef, dict[str, Any]]] = []
         self._quieted = False
+        # Checks that only protect work from starting (the passes' prechecks): run at the first
+        # stage that is not cached, so a fully cached run imports no pass module (issue 13).
+        self.before_work: Callable[[], None] | None = None
 
     def quiet(self) -> None:
         """Silence library chatter once, and only when a stage actually runs them."""
@@ -110,6 +115,9 @@ class RunState:
             entry = self.cache.get(kind, key, verify=verify)
         status = "cached" if entry else ("forced" if label in self.forced else "ran")
         self.stages[label] = {"status": status, "key": key}
+        if entry is None and self.before_work is not None:
+            check, self.before_work = self.before_work, None
+            check()
         return entry
 
     def cache_report(self) -> dict[str, Any]:

@@ -8,15 +8,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trtpipe.stages.build.result import BuildResult
+
 if TYPE_CHECKING:
-    from trtpipe.stages.build.plan import BuildResult
     from trtpipe.stages.run_state import ModelRef, RunState
 
 
 def run(state: RunState, final: ModelRef, final_path: Path, plan_path: Path) -> tuple[BuildResult, str]:
     """Returns (BuildResult, the plan's sha256); the plan is copied to `plan_path`."""
-    from trtpipe.stages.build.isolated import build_in_child
-    from trtpipe.stages.build.plan import BuildResult
     recipe, ui, backend = state.recipe, state.ui, state.backend
     ui.stage("build", f"{backend.name} {backend.version}")
     key = state.keys.build(final.sha)
@@ -28,6 +27,7 @@ def run(state: RunState, final: ModelRef, final_path: Path, plan_path: Path) -> 
         result = BuildResult(plan=b"", **summary)
         state.timings["build"] = ui.done(f"cached: plan {size / 2**20:.2f} MiB")
         return result, entry.meta["plan_sha"]
+    from trtpipe.stages.build.isolated import build_in_child  # past the cache hit: it imports onnx
     build_cfg = dict(recipe.data["build"])
     implicit = not build_cfg.get("timing_cache") and not backend.is_rtx  # RTX: no timing cache (plan.py)
     if implicit:

@@ -3,10 +3,10 @@
 TensorRT's parser and builder are native code: on some graphs they crash the process (the
 TensorRT-RTX 1.7.1 parser segfaults on tf2onnx's `crop_and_resize` Loop), abort, or run out of
 memory, and a crash in the run's own process would end it with no message (exit 139) and leave its
-staging directory behind. Here `build_plan` runs in a spawned child; a signal, an abort or a
-vanished child becomes a BuildError (exit 7) naming the signal and the last thing the parser or
-builder reported, and the run cleans up as after any failed stage. The same child enforces
-`build.timeout`.
+staging directory behind. Here `build_plan` runs in a child process (forked while that is safe,
+else spawned); a signal, an abort or a vanished child becomes a BuildError (exit 7) naming the
+signal and the last thing the parser or builder reported, and the run cleans up as after any
+failed stage. The same child enforces `build.timeout`.
 
 The child is started as soon as a run knows it will convert or build (`BuildWorker.start`), so
 importing the backend overlaps with the conversion; progress and log lines come back over a pipe.
@@ -30,10 +30,10 @@ ENV_IN_PROCESS = "TRTPIPE_BUILD_IN_PROCESS"  # "1": build in the run's own proce
 
 
 class BuildWorker:
-    """A spawned child process that builds one plan (see the module docstring)."""
+    """A child process that builds one plan (see the module docstring)."""
 
     def __init__(self, backend_name: str) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds TensorFlow's threads
+        ctx = multiprocessing.get_context(_start_method())
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=_serve, args=(child, backend_name), daemon=True,
                                     name="trtpipe-build")
@@ -128,6 +128,18 @@ class BuildWorker:
                           hint="a crash inside TensorRT's native code: the graph is likely one it cannot parse; "
                                "cut or replace the part named above with a pass, or try another "
                                "build.compute_capabilities / backend")
+
+
+def _start_method() -> str:
+    """"fork" while this process runs no other thread and has not imported TensorFlow (the worker
+    is started before a conversion): the child starts in milliseconds with the imports done here,
+    where a spawned one starts a new interpreter and imports again, competing with the run on a
+    small machine (issue 13). Otherwise "spawn": a fork copies other threads' locks mid-flight."""
+    import sys
+    import threading
+    if sys.platform == "linux" and threading.active_count() == 1 and "tensorflow" not in sys.modules:
+        return "fork"
+    return "spawn"
 
 
 def _serve(conn: Any, backend_name: str) -> None:

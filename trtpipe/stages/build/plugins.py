@@ -17,13 +17,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import onnx
-import onnx.defs
-
 from trtpipe.errors import BuildError
 from trtpipe.fileguard import not_a_file
 
 if TYPE_CHECKING:
+    import onnx
+
     from trtpipe.backend import Backend
 
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
@@ -83,6 +82,7 @@ def available_creators(regs: Iterable[Any]) -> dict[tuple[str, str], set[str]]:
 
 def iter_nodes(graph: onnx.GraphProto, index_prefix: str = "") -> Iterator[tuple[str, onnx.NodeProto]]:
     """(index label, node) for every node, descending into Loop/If/Scan bodies."""
+    import onnx.defs  # here: the no-op path imports this module, not onnx
     for i, node in enumerate(graph.node):
         label = f"{index_prefix}{i}"
         yield label, node
@@ -96,6 +96,7 @@ def iter_nodes(graph: onnx.GraphProto, index_prefix: str = "") -> Iterator[tuple
 def plugin_ops(model: onnx.ModelProto, parser: Any) -> list[tuple[str, onnx.NodeProto]]:
     """Nodes the parser can only import as plugins: not a standard ONNX op, not a model-local
     function, and not an op the parser imports natively."""
+    import onnx.defs  # here: the no-op path imports this module, not onnx
     local = {(f.domain, f.name) for f in model.functions}
     found = []
     for label, node in iter_nodes(model.graph):
@@ -114,6 +115,7 @@ def check_plugins(model: onnx.ModelProto, parser: Any, regs: list[Any], backend:
     """BuildError listing every node the parser would import as a plugin that no registry in
     `regs` provides (op type = plugin name; version and namespace from the node's
     `plugin_version` / `plugin_namespace` attributes, as TensorRT's ONNX parser looks them up)."""
+    import onnx.defs  # here: the no-op path imports this module, not onnx
     missing = []
     creators = available_creators(regs)
     for label, node in plugin_ops(model, parser):

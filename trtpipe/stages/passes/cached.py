@@ -17,16 +17,6 @@ if TYPE_CHECKING:
     from trtpipe.stages.run_state import RunState
 
 
-class _OnePass:
-    """The slice of a Recipe that transform.run_passes reads, for one pass."""
-
-    def __init__(self, recipe, index, item):
-        self._item, self.locate = (index, item), recipe.locate
-
-    def enabled_passes(self):
-        return [self._item]
-
-
 def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
         source_nodes: int) -> tuple[ModelRef, list[dict]]:
     """Run or restore every enabled pass on `cur` (a ModelRef); returns (final ModelRef, stats).
@@ -34,6 +24,7 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
     recipe, ui, cache = state.recipe, state.ui, state.cache
     ui.stage("passes")
     stats, cached = [], 0
+    graph = None  # the graph form of `cur`, while the passes run in this process
     for index, item in recipe.enabled_passes():
         label = f"passes[{index}]"
         key = state.keys.pass_(index, item, cur.sha, ctx_state(ctx, cache.hasher))
@@ -43,15 +34,18 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
             ui.step(_step_line(label, item["pass"], entry.meta["stats"], "cached"))
             _restore(entry, ctx, staging, ui)
             stats.append(entry.meta["stats"])
-            cur, cached = ModelRef(entry.meta["model_sha"], entry), cached + 1
+            cur, cached, graph = ModelRef(entry.meta["model_sha"], entry), cached + 1, None
             state.pass_models.append((label, cur, copy.deepcopy(entry.meta["ctx"])))
             continue
-        from trtpipe.stages.passes.runner import run_passes
+        from trtpipe.stages.passes.runner import apply_pass, import_graph
         state.quiet()
         before = ctx_state(ctx, cache.hasher)["artifacts"]
         notes = len(ctx.notes)
         with ui.working(f"{label} {item['pass']}"):
-            model, one = run_passes(cur.load(), _OnePass(recipe, index, item), ctx)
+            # the graph the previous pass left, if it ran in this process: not imported again
+            graph = graph if graph is not None else import_graph(cur.load())
+            graph, model, stat = apply_pass(graph, cur.load(), index, item, recipe, ctx)
+        one = [stat]
         ui.step(_step_line(label, item["pass"], one[0], "ran"))
         after = ctx_state(ctx, cache.hasher)
         new = sorted(n for n, sha in after["artifacts"].items() if before.get(n) != sha)

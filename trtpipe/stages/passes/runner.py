@@ -66,36 +66,60 @@ def run_passes(model: onnx.ModelProto, recipe: Any, ctx: registry.PassContext,
             with the recipe line.
     """
     stats = []
+    graph = import_graph(model)
     for index, item in recipe.enabled_passes():
-        info = registry.get(item["pass"])
-        where = recipe.locate(("passes", index, "pass"))
-        label = f"passes[{index}] {item['pass']}"
         if progress:
-            progress.step(label)
-        before = op_histogram(model)
-        start = time.perf_counter()
-        warned, noted = len(ctx.warnings), len(ctx.notes)
-        graph = _import(model)
-        try:
-            graph = info.func(graph, item["params"], ctx)
-        except PipelineError as err:  # located at the parameter the error names (key_path), if any
-            at = recipe.locate(("passes", index, *err.key_path)) if getattr(err, "key_path", None) else where
-            err.message = f"{at}: {label}: {err.message}"
-            raise
-        except (Exception, SystemExit) as err:  # a pass bug, a graph it cannot handle, or a pass calling
-            # sys.exit(): the run must not end silently; name the pass and recipe line
-            raise PassError(f"{where}: {label} failed: {type(err).__name__}: {err}") from err
-        model = _export(graph, model, label, where)
-        check_rewritten(model, f"{where}: {label}")
-        stats.append({
-            "pass": item["pass"], "index": index, "params": item["params"],
-            "duration_s": round(time.perf_counter() - start, 4),
-            "nodes_before": sum(before.values()), "nodes_after": len(model.graph.node),
-            "ops_before": before, "ops_after": op_histogram(model),
-            "warnings": ctx.warnings[warned:],
-            "notes": [n for n in ctx.notes[noted:] if n not in ctx.warnings[warned:]],  # ctx.log: e.g. what was removed
-        })
+            progress.step(f"passes[{index}] {item['pass']}")
+        graph, model, one = apply_pass(graph, model, index, item, recipe, ctx)
+        stats.append(one)
     return model, stats
+
+
+def apply_pass(graph: gs.Graph, model: onnx.ModelProto, index: int, item: dict, recipe: Any,
+               ctx: registry.PassContext) -> tuple[gs.Graph, onnx.ModelProto, dict]:
+    """Apply one pass to `graph` (the graph form of `model`), export and check its output.
+
+    The graph is handed on, not re-imported from the exported model: onnx-graphsurgeon's import
+    costs more than most passes (issue 13), and the exported model is only a snapshot of it.
+
+    Args:
+        graph: `model` as an onnx-graphsurgeon graph (import_graph); the pass may edit it in place.
+        model: the pass's input model (not modified), for the stats and the producer fields.
+        index, item: the pass's position in the recipe and its item ({"pass", "params"}, defaults filled).
+        recipe: anything with `locate(key path) -> "file:line:col"`.
+        ctx: the run's PassContext.
+
+    Returns:
+        (the graph the pass left, that graph exported, the pass's stats dict; see run_passes).
+
+    Raises:
+        PassError, PipelineError: as run_passes.
+    """
+    info = registry.get(item["pass"])
+    where = recipe.locate(("passes", index, "pass"))
+    label = f"passes[{index}] {item['pass']}"
+    before = op_histogram(model)
+    start = time.perf_counter()
+    warned, noted = len(ctx.warnings), len(ctx.notes)
+    try:
+        graph = info.func(graph, item["params"], ctx)
+    except PipelineError as err:  # located at the parameter the error names (key_path), if any
+        at = recipe.locate(("passes", index, *err.key_path)) if getattr(err, "key_path", None) else where
+        err.message = f"{at}: {label}: {err.message}"
+        raise
+    except (Exception, SystemExit) as err:  # a pass bug, a graph it cannot handle, or a pass calling
+        # sys.exit(): the run must not end silently; name the pass and recipe line
+        raise PassError(f"{where}: {label} failed: {type(err).__name__}: {err}") from err
+    out = _export(graph, model, label, where)
+    check_rewritten(out, f"{where}: {label}")
+    return graph, out, {
+        "pass": item["pass"], "index": index, "params": item["params"],
+        "duration_s": round(time.perf_counter() - start, 4),
+        "nodes_before": sum(before.values()), "nodes_after": len(out.graph.node),
+        "ops_before": before, "ops_after": op_histogram(out),
+        "warnings": ctx.warnings[warned:],
+        "notes": [n for n in ctx.notes[noted:] if n not in ctx.warnings[warned:]],  # ctx.log: e.g. what was removed
+    }
 
 
 def run_pass(model: onnx.ModelProto, name: str, params: dict | None = None,
@@ -156,7 +180,7 @@ class _ExternalValues(gs.ir.tensor.LazyValues):
         return read_tensor(self.tensor)
 
 
-def _import(model):
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """gs.import_onnx, with weights in external data left on disk until a pass reads them."""
     graph = gs.import_onnx(model)
     for tensor in graph.tensors().values():

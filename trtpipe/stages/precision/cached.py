@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtpipe.cache.files import external_files
-from trtpipe.graph.types import LOW, np_low_dtype
 from trtpipe.stages.run_state import ModelRef
 
 if TYPE_CHECKING:
@@ -32,7 +31,11 @@ def run(state: RunState, cur: ModelRef, source: types.SimpleNamespace, source_pa
         meta = entry.meta
         ctx.input_contract = meta["input_contract"]
         state.timings["precision"] = ui.done(f"cached: {_summary(cfg, meta['stats'])}")
+        if meta.get("same_as_input"):  # fp32: the model is the input's, held by the entry before
+            return cur, meta["stats"], meta["ops_final"]
         return ModelRef(meta["model_sha"], entry), meta["stats"], meta["ops_final"]
+    # imported past the cache hit: a fully cached run loads neither onnx nor numpy (issue 13)
+    from trtpipe.graph.types import LOW, np_low_dtype
     from trtpipe.stages.passes.runner import op_histogram
     from trtpipe.stages.precision.mixed import apply_precision
     state.quiet()
@@ -57,13 +60,19 @@ def run(state: RunState, cur: ModelRef, source: types.SimpleNamespace, source_pa
         if name in ctx.input_contract:
             ctx.input_contract[name]["steps"].append({"op": "cast", "to": np_low_dtype(LOW[dtype]).name})
     ops_final = op_histogram(model)
+    unchanged = model is cur.model  # fp32: apply_precision hands the model back as it was
     with state.cache.writer("precision", key) as w:
-        sha = w.save_model(model)
-        w.meta = {"model_sha": sha, "stats": stats, "input_contract": ctx.input_contract, "ops_final": ops_final}
+        # an unchanged model is not stored again (for a zoo ResNet-50, 100 MB serialized, hashed
+        # and written for nothing): the entry records that the stage's output is its input
+        sha = cur.sha if unchanged else w.save_model(model)
+        w.meta = {"model_sha": sha, "stats": stats, "input_contract": ctx.input_contract, "ops_final": ops_final,
+                  "same_as_input": unchanged}
         entry = w.commit("precision")
     if scratch is not None:
         scratch.cleanup()
     state.timings["precision"] = ui.done(_summary(cfg, stats))
+    if unchanged:
+        return cur, stats, ops_final
     # a model streamed through the scratch file is read back from the entry when needed
     return ModelRef(sha, entry, None if streamed else model), stats, ops_final
 

@@ -27,10 +27,12 @@ from trtpipe.errors import SourceError, did_you_mean
 from trtpipe.fileguard import disk_full_error, is_disk_full, not_a_file
 from trtpipe.graph.check import all_graphs, check_model, opset_version, relaxed_for_checker
 from trtpipe.recipe.resolved import SOURCE_KINDS
+from trtpipe.stages.source.paths import missing_path_error, source_file_problem
 from trtpipe.stages.source.support import check_io_types, check_tf2onnx_opset, check_versions, tf2onnx_max_opset
 
 # relaxed_for_checker: transform.py and precision.py import it from here
-__all__ = ["IOSpec", "SourceResult", "load_source", "relaxed_for_checker", "did_you_mean"]
+__all__ = ["IOSpec", "SourceResult", "load_source", "relaxed_for_checker", "did_you_mean", "missing_path_error",
+           "source_file_problem"]
 
 _ONNX_HINT = ("re-export the model with ops its opset defines (or a higher opset if the op exists there); "
               "a TensorRT plugin op needs a name ending in _TRT or a custom domain")
@@ -130,14 +132,6 @@ def _loc(locate, *keys):
     """'recipe.yaml:4:9: source.onnx': where in the recipe the user can fix it."""
     pos = locate(("source", *keys)) if locate else None
     return f"{pos}: {'.'.join(('source', *keys))}" if pos else ".".join(("source", *keys))
-
-
-def missing_path_error(path: str, where: str) -> SourceError:
-    """SourceError for a missing file or directory (checks.py reports it the same way)."""
-    parent, base = os.path.split(path)
-    if not os.path.isdir(parent):
-        return SourceError(f"{where}: not found: {path} (directory {parent} does not exist)")
-    return SourceError(f"{where}: not found: {path}", hint=did_you_mean(base, sorted(os.listdir(parent))))
 
 
 def _iospec(value_info):
@@ -337,28 +331,3 @@ def _convert_tf_file(kind, cfg, locate, log, timings, versions):
             model = _load_onnx_file(onnx_path, where)
         _check(model, onnx_path, _loc(locate, "opset"), "tf2onnx's output", hint, unconverted, log, timings)
     return model
-
-
-def source_file_problem(kind: str, path: str, where: str) -> SourceError | None:
-    """Why a `source.frozen_graph` / `source.tflite` path cannot be read, or None: missing (with a
-    did-you-mean), a directory (a SavedModel's: named), or not a regular file (a FIFO would block
-    the read). The run's input check (stages/run_files.py) and `check` report the same message.
-
-    Args:
-        kind: "frozen_graph" or "tflite".
-        path: the path the recipe names (resolved).
-        where: "recipe.yaml:3:17: source.<kind>", the start of the message.
-
-    Returns:
-        A SourceError, or None for a regular file (its content is checked when it is converted).
-    """
-    what = {"frozen_graph": "a frozen graph .pb file", "tflite": "a .tflite file"}[kind]
-    if not os.path.lexists(path) or (os.path.islink(path) and not os.path.exists(path)):
-        return missing_path_error(path, where)
-    if os.path.isdir(path):
-        saved = os.path.exists(os.path.join(path, "saved_model.pb"))
-        return SourceError(f"{where}: {path} is a directory, not {what}",
-                           hint="it holds a SavedModel: use `saved_model:` instead" if saved else None)
-    if not_a_file(path):
-        return SourceError(f"{where}: {not_a_file(path)}")
-    return None

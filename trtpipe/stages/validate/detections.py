@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from trtpipe.errors import ValidationError
+from trtpipe.stages.validate.wording import BORDERLINE  # noqa: F401 -- used and re-exported
 
 ROLES = ("boxes", "scores", "classes", "num_detections")
 _HINTS = {"boxes": "box", "scores": "score", "classes": "class", "num_detections": "num"}
@@ -158,9 +159,6 @@ def compare_detections(ref_iterations: list[dict[str, np.ndarray]], cand_iterati
 
 
 # What "borderline" means, as the table and report.md say it.
-BORDERLINE = ("borderline: an unmatched detection at a cut-off, scoring within score_atol of min_score, or, "
-              "when the other side kept its full top-K, no higher than the other side's lowest kept score + "
-              "score_atol (a near-tie that fell off); not counted against max_unmatched")
 
 
 def counts_line(summary: dict[str, Any]) -> str:

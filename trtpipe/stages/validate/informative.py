@@ -34,14 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from trtpipe.stages.validate.wording import EXPLAIN, RULE  # noqa: F401 -- used and re-exported
+
 REL_EPS = 1e-6     # "the same value": equal to 6 significant digits
 MIN_COVERAGE = 0.9  # share of a declared input range the data must span
 # What the validation table and report.md say under each comparison (Polygraphy's SimpleCompareFunc rule).
-RULE = ("an output passes when, in every iteration, its error statistic is within atol (abs error) OR "
-        "within rtol (rel error = |candidate - reference| / |reference|, the reference being the model named "
-        "second); 'held' names the bound that held")
-EXPLAIN = ("inconclusive: the reference values cannot tell a right model from a wrong one (constant, "
-           "all zero or not depending on the input; see validate.require_informative)")
 
 
 def output_verdict(arrays: Sequence[Any], runner: str = "the reference run") -> str | None:
