@@ -189,11 +189,12 @@ def _exit(code: int) -> NoReturn:
     """Exit without the interpreter's teardown when nothing needs it: after a conversion, tearing
     down TensorFlow's modules and objects took 0.5-0.6 s of every run (issue 13), and everything the
     tool writes is closed by then. The exit handlers still run (logging, multiprocessing, temporary
-    directories, Ray), then the streams are flushed; with a non-daemon thread still running, the
-    normal exit joins it instead."""
+    directories, Ray), then the streams are flushed. The normal exit is taken instead while a
+    non-daemon thread runs (it joins it) and under a profiler or tracer (cProfile, coverage: they
+    write their results at exit)."""
     import threading
-    if not isinstance(code, int) or any(t is not threading.main_thread() and t.is_alive() and not t.daemon
-                                        for t in threading.enumerate()):
+    busy = any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate())
+    if not isinstance(code, int) or busy or sys.getprofile() or sys.gettrace():
         sys.exit(code)
     import atexit
     import ctypes

@@ -73,7 +73,11 @@ def test_fp32_weights_stay_external_through_every_stage(big, tmp_path, run_cli):
     assert plan.stat().st_size > weights  # the fp32 weights are in the plan
     # every cached model keeps its weights in its entry's data file, listed in the manifest
     inodes = set()
-    for kind in ("source", "pass", "precision"):
+    # fp32 changes nothing: the precision entry records that instead of holding a second copy
+    for entry in _entries(cache, "precision"):
+        assert json.loads((entry / "manifest.json").read_text())["meta"]["same_as_input"] is True
+        assert not (entry / "model.onnx").exists() and not (entry / "model.onnx.data").exists()
+    for kind in ("source", "pass"):
         for entry in _entries(cache, kind):
             _assert_external(entry / "model.onnx", weights)
             manifest = json.loads((entry / "manifest.json").read_text())

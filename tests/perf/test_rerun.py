@@ -1,6 +1,6 @@
 """A fully cached re-run (issue 13, P2): every stage from the cache, no TensorFlow, Polygraphy,
-ONNX Runtime, backend, onnx or numpy imported, no model read, and the code-key scans kept between runs. bench/rerun.py measures the
-time; this checks the behaviour."""
+ONNX Runtime, backend, onnx or numpy imported, no model read, and the code-key scans kept between
+runs. bench/rerun.py measures the time; this checks the behaviour."""
 
 import json
 import os

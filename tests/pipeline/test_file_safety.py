@@ -250,7 +250,8 @@ def test_sigkill_of_the_builder_child_is_a_build_error(warm, tmp_path):
     try:
         for line in proc.stdout:  # the child reports each step over its pipe; kill it once it parses
             if "parsing tiny.onnx" in line:
-                children = [pid for pid, cmd in _children(proc.pid) if "--multiprocessing-fork" in cmd]
+                # the build worker: forked (same command line) or spawned; not multiprocessing's tracker
+                children = [pid for pid, cmd in _children(proc.pid) if "resource_tracker" not in cmd]
                 assert len(children) == 1, _children(proc.pid)
                 os.kill(children[0], signal.SIGKILL)
                 killed = children[0]

@@ -207,15 +207,24 @@ def save_model(model: onnx.ModelProto, path: str | Path, link_from: str | Path |
             letting the next save hard-link the file.
 
     Returns:
-        {file name: sha256} of data files hashed while writing them (the caller need not re-read them).
+        {file name: sha256} of the files hashed while writing them (the model file when written
+        whole, else data files; the caller need not re-read them).
     """
-    import onnx
     path = Path(path)
     tensors = all_tensors(model)
     ext = [t for t in tensors if is_external(t)]
-    if not ext and model.ByteSize() < EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path))
-        return {}
+    if not ext:
+        # serialized once (onnx.save_model's bytes: SerializeToString), hashed in memory instead
+        # of asking ByteSize first and reading the file back to hash it
+        try:
+            data = model.SerializeToString()
+        except ValueError:  # protobuf refuses messages over 2 GiB: weights go to a data file below
+            data = None
+        if data is not None and len(data) < EXTERNAL_DATA_BYTES:
+            with open(path, "wb") as f:
+                f.write(data)
+            return {path.name: hashlib.sha256(data).hexdigest()}
+    import onnx
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
     inline = [t for t in tensors if not is_external(t) and len(t.raw_data) >= _INLINE_MAX]

@@ -23,6 +23,23 @@ except ImportError:  # Windows: no flock; runs are then not serialized (document
 
 OWNER_FILE = ".owner.lock"
 
+# Every lock this process holds. A forked child (the build worker) inherits their descriptors, and
+# an flock lives as long as any descriptor of it: the child closes its copies at once, so the
+# parent's release (a close) or death still frees the lock.
+_HELD: set[FileLock] = set()
+
+
+def _drop_inherited() -> None:
+    for lock in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(lock._fd)
+        lock._fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited)
+
 
 class FileLock:
     """`with FileLock(path, shared=False, on_wait=callback):` blocks until the lock is held.
@@ -51,6 +68,7 @@ class FileLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             if fcntl is None:
                 self._fd = fd
+                _HELD.add(self)
                 return True
             mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
             try:
@@ -71,6 +89,7 @@ class FileLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(self)
         return True
 
     def release(self) -> None:
@@ -80,6 +99,7 @@ class FileLock:
                     os.unlink(self.path)  # while still held: the next locker sees it is gone
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+            _HELD.discard(self)
 
     def __enter__(self) -> FileLock:
         self.acquire()

@@ -33,9 +33,12 @@ class BuildWorker:
     """A child process that builds one plan (see the module docstring)."""
 
     def __init__(self, backend_name: str) -> None:
-        ctx = multiprocessing.get_context(_start_method())
+        method = _start_method()
+        ctx = multiprocessing.get_context(method)
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child, backend_name), daemon=True,
+        # a forked child also holds the parent's end: it closes it, so that it sees the parent go
+        inherited = self._conn if method == "fork" else None
+        self._process = ctx.Process(target=_serve, args=(child, backend_name, inherited), daemon=True,
                                     name="trtpipe-build")
         self._process.start()
         child.close()
@@ -142,12 +145,15 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _serve(conn: Any, backend_name: str) -> None:
+def _serve(conn: Any, backend_name: str, parent_end: Any = None) -> None:
     """The child: import the backend now (overlapping the parent's conversion), then build once."""
+    if parent_end is not None:  # forked: without this, recv() would never see the parent die
+        parent_end.close()
     from trtpipe.backend import resolve_backend
     from trtpipe.stages.build.plan import build_plan
     try:
         backend = resolve_backend(backend_name)
+        backend.trt  # noqa: B018 -- import it now, while the parent converts: the point of starting early
         model_path, build_cfg, locate, plan_file = conn.recv()
     except (EOFError, OSError, KeyboardInterrupt):
         return  # the run ended (a cached build, or a failure before it) without asking

@@ -38,7 +38,8 @@ def run(state: RunState, cur: ModelRef, source: types.SimpleNamespace, source_pa
     from trtpipe.graph.types import LOW, np_low_dtype
     from trtpipe.stages.passes.runner import op_histogram
     from trtpipe.stages.precision.mixed import apply_precision
-    state.quiet()
+    if cfg["mode"] != "fp32":  # fp32 runs nothing: ONNX Runtime and Polygraphy stay unimported
+        state.quiet()
     model = cur.load()
     feeds = make_feeds = None
     if cfg["mode"] != "fp32":
