@@ -4,6 +4,7 @@ cache status). The *_stage.py modules read and fill it; run.py creates it."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,9 +103,13 @@ class RunState:
         self.before_work: Callable[[], None] | None = None
 
     def quiet(self) -> None:
-        """Silence library chatter once, and only when a stage actually runs them."""
+        """Silence library chatter once, and only when a stage actually runs them. The stage
+        libraries are imported by then (onnx, numpy, graphsurgeon, ONNX Runtime, Polygraphy): their
+        objects live as long as the process, so they are frozen out of the garbage collector's
+        full collections, which otherwise walk them again and again while the stages allocate."""
         if not self._quieted:
             quiet_libraries(self.ui.verbose)
+            gc.freeze()
             self._quieted = True
 
     def lookup(self, kind: str, key: str | None, label: str,

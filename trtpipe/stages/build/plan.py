@@ -32,6 +32,7 @@ from trtpipe.stages.build import options as options_mod
 from trtpipe.stages.build import plugins as plugin_mod
 from trtpipe.stages.build.capture import capture
 from trtpipe.stages.build.errors import build_failure, grab_stderr, missing_profiles, parser_failure
+from trtpipe.stages.build.plan_file import build_to_file, weight_bytes
 from trtpipe.stages.build.result import BuildResult  # re-exported: callers take it from here
 
 if TYPE_CHECKING:
@@ -71,9 +72,9 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
             (IProgressMonitor phases and steps; an exception there cancels the build and is
             re-raised).
         log: optional sink for detail lines (`-v`).
-        plan_file: stream the plan into this file (build_serialized_network_to_stream) instead of
-            returning its bytes; `plan` is then b"" and `plan_file` names it. Ignored (bytes
-            returned) by a backend without that call.
+        plan_file: write the plan into this file (streamed while serialized for big models:
+            plan_file.build_to_file) instead of returning its bytes; `plan` is then b"" and
+            `plan_file` names it.
 
     Returns:
         BuildResult: `plan` (the serialized engine, bytes), backend name and version,
@@ -129,9 +130,8 @@ def build_plan(model_path: str | Path, build_cfg: dict | None, backend: Backend,
 
         log(f"building with {backend.label}" + (f" for compute capability {', '.join(ccs)}" if ccs else ""))
         cap.reset()
-        if (plan_file is not None and hasattr(builder, "build_serialized_network_to_stream")
-                and hasattr(backend.trt, "IStreamWriter")):   # TensorRT 10.x before the stream API
-            ok = _build_to_file(backend.trt, builder, network, config, plan_file)
+        if plan_file is not None:
+            ok = build_to_file(backend.trt, builder, network, config, plan_file, weight_bytes(model_path))
             serialized, plan = (True if ok else None), b""
         else:
             plan_file = None
@@ -198,51 +198,6 @@ def _failure(cap, network, model, backend, ccs, deployment):
     if hint:
         err.hint = hint
     return err
-
-
-def _build_to_file(trt, builder, network, config, plan_file):
-    """build_serialized_network_to_stream into `plan_file`: the plan goes to disk as the builder
-    writes it (a plan as big as its weights is never a second copy in memory). True when built."""
-
-    class _Writer(trt.IStreamWriter):
-        def __init__(self, f):
-            trt.IStreamWriter.__init__(self)
-            self.f, self.error = f, None
-
-        def write(self, data):
-            # TensorRT catches what this raises and prints it, then may still report success with
-            # a truncated plan: keep the first OSError (disk full, file size limit) and raise it
-            # after the build, where the caller turns it into an output error.
-            if self.error is not None:
-                return 0
-            view = memoryview(data)
-            try:
-                self.f.write(view)
-            except OSError as err:
-                self.error = err
-                return 0
-            return len(view)
-
-    writer = None
-    try:
-        with open(plan_file, "wb") as f:
-            writer = _Writer(f)
-            ok = builder.build_serialized_network_to_stream(network, config, writer)
-    except OSError as err:  # the final flush or close can fail the same way
-        if writer is not None and writer.error is None:
-            writer.error = err
-    if writer is not None and writer.error is not None:
-        written = os.path.getsize(plan_file) if os.path.isfile(plan_file) else None
-        with contextlib.suppress(OSError):
-            os.unlink(plan_file)
-        err = writer.error
-        if is_disk_full(err):
-            raise disk_full_error(err, plan_file, what="the plan", written=written)
-        raise OutputError(f"cannot write the plan to {plan_file}: {err.strerror or err}") from err
-    if not ok:
-        with contextlib.suppress(OSError):
-            os.unlink(plan_file)
-    return bool(ok)
 
 
 def _with_defaults(build_cfg):
