@@ -293,16 +293,6 @@ def _bisect(recipe_path, ui, options, bisect):
     cache = Cache(root, warn=ui.warn).open()
     cache.replace_existing = bool(forced)
     state = RunState(recipe, backend, ui, options, cache, Keys(recipe, backend, cache.hasher), forced)
-    # The passes' prechecks refuse what cannot build (e.g. a plugin the backend lacks) before
-    # minutes of conversion and before output.dir is touched. They import every pass module
-    # (onnx, numpy, graphsurgeon), so when the source stage is cached they wait for the first
-    # stage with work to do: a fully cached run repeats what they once let through (issue 13).
-    state.before_work = lambda: raise_first(precheck_passes(recipe, PassContext(
-        name=recipe.name, backend=backend.name, backend_version=backend.version_tuple, recipe_dir=recipe.dir,
-        plugin_libraries=recipe.data["build"]["plugins"], warner=ui.warn)))
-    if not cache.has_local("source", state.keys.source()) or "source" in forced:
-        check, state.before_work = state.before_work, None
-        check()
     state.will_build = False
     ui.done(f"{recipe.name}: {len(recipe.enabled_passes())} pass(es)")
     lock = cache.recipe_lock(recipe.path, on_wait=lambda pid: ui.info(
