@@ -9,7 +9,7 @@ import textwrap
 from typing import NoReturn
 
 from trtpipe.commands import COMMANDS, command, guarded
-from trtpipe.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, PipelineError
+from trtpipe.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_OK, EXIT_OUTPUT, EXIT_PIPE, EXIT_USAGE, PipelineError
 
 
 def _exit_code_help():
@@ -54,7 +54,11 @@ def _main_parser():
     parser.add_argument("--no-validate", action="store_true", help="skip validation (recorded in the report)")
     parser.add_argument("-o", "--output-dir", metavar="DIR",
                         help="write artifacts here instead of the recipe's output.dir")
-    parser.add_argument("--force", action="store_true", help="re-run every stage, ignoring cached outputs")
+    parser.add_argument("--force", action="store_true", help="re-run every stage, ignoring cached outputs (also "
+                                                                 "implies --take-over)")
+    parser.add_argument("--take-over", action="store_true",
+                        help="publish into an output directory that holds another recipe's artifacts, replacing "
+                             "them (cached stages stay cached)")
     parser.add_argument("--from", dest="from_stage", metavar="STAGE",
                         help="re-run STAGE and every stage after it: source, passes, passes[N] or a pass name, "
                              "precision, validate, build")
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         with ui.third_party_to_log():  # library prints and warnings: the -v log, not between the stage lines
             run_recipe(args.recipe, ui, RunOptions(validate=not args.no_validate, debug=args.debug,
                                                       output_dir=args.output_dir, cache_dir=args.cache_dir,
-                                                      force=args.force, from_stage=args.from_stage,
+                                                      force=args.force, take_over=args.take_over,
+                                                      from_stage=args.from_stage,
                                                       compute_capabilities=ccs))
 
     return guarded(job, ui, args.debug)
@@ -176,13 +181,53 @@ def entry() -> NoReturn:
     """The process entry (`python pipeline.py`, the `trt-pipeline` script): main(), then exit."""
     try:
         code = main()
-    except SystemExit:
-        raise
-    except Exception:  # a bug in this tool: show the traceback, exit 1
-        import traceback
-        traceback.print_exc()
-        code = EXIT_INTERNAL
+    except BaseException as exc:
+        code = _failure_code(exc)
     _exit(code)
+
+
+def _failure_code(exc: BaseException) -> int:
+    """The exit code for what escaped main(), said on stderr; re-raises what is no failure of ours
+    (SystemExit, KeyboardInterrupt outside a run)."""
+    from trtpipe.fileguard import is_disk_full
+    if _closed_pipe(exc):  # the reader went away (`| head`): stop quietly, as a SIGPIPE'd tool would
+        _stdout_gone()
+        return EXIT_PIPE
+    if isinstance(exc, OSError) and is_disk_full(exc):
+        # a run's own files say so as output errors: what reaches here is the standard output
+        _stdout_gone()
+        print(f"error (exit {EXIT_OUTPUT}): cannot write to standard output: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_OUTPUT
+    if not isinstance(exc, Exception):
+        raise exc
+    import traceback  # a bug in this tool: show the traceback, exit 1
+    traceback.print_exception(exc)
+    return EXIT_INTERNAL
+
+
+def _closed_pipe(exc: BaseException | None) -> bool:
+    """Whether `exc` or what it was raised while handling is a BrokenPipeError (rich answers one
+    with SystemExit(1), or fails in its own handler when stdout is being captured)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, BrokenPipeError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+
+
+def _stdout_gone() -> None:
+    """Point the standard output at /dev/null: what is still buffered for it is dropped instead of
+    failing again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _exit(code: int) -> NoReturn:

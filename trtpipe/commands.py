@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trtpipe.errors import EXIT_OK, PipelineError
+from trtpipe.errors import EXIT_INTERRUPTED, EXIT_OK, PipelineError
 
 Command = Callable[[list[str]], int]
 COMMANDS: dict[str, Command] = {}
@@ -34,5 +34,5 @@ def guarded(job: Callable[[], Any], ui: Any, debug: bool) -> int:
         ui.error(str(err), err.exit_code)
         return err.exit_code
     except KeyboardInterrupt:
-        ui.error("interrupted; nothing was published", 130)
-        return 130
+        ui.error("interrupted; nothing was published", EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED

@@ -18,6 +18,8 @@ EXIT_OUTPUT = 8        # output directory not writable, artifact could not be pu
 EXIT_DEPLOY = 9        # predict/bench/export/refit: bad images, published output directory or plan
 EXIT_VALIDATION_NOT_RUN = 10  # validation could not run: ONNX Runtime cannot run a model, or no data can be fed
 EXIT_TASKS = 11        # build-all: one or more of its tasks failed (build-all.json has each one's code)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_PIPE = 141        # the standard output's reader went away (128 + SIGPIPE, as a shell reports it)
 
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -36,6 +38,9 @@ EXIT_CODES = {
                              "can be made for an input: a parameter input without a value, an unfeedable "
                              "type, an .npz or image folder that fits no input; the message says what to give)",
     EXIT_TASKS: "build-all: one or more tasks failed (build-all.json gives each task's exit code)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing was published",
+    EXIT_PIPE: "the standard output was closed by its reader (`| head`): stopped quietly; nothing half-written "
+               "was published",
 }
 
 

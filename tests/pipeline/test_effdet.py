@@ -60,6 +60,11 @@ def test_recipe_builds_and_validates(effdet_run):
     md = (out / "report.md").read_text()
     assert "| `raw_detection_boxes` | max |" in md and "engine vs final-ort*: skipped" in md
     assert "-Loop 1" in md and "-NonMaxSuppression 1" in md
+    # the error histograms: the engine's raw outputs only; the split NMS's detections are matched
+    # by IoU (their element-wise errors would contradict "passed"), drawn in the detections picture
+    from PIL import Image
+    with Image.open(out / "effdet.errors.png") as im:
+        assert im.height == 28 + 2 * (150 + 8), im.size  # title + one panel each: raw boxes, raw scores
 
 
 def _recipe_variant(tmp_path, edit):

@@ -4,7 +4,7 @@ and TensorRT-RTX builder) in separate processes where a hang or a kill is part o
 * an output that is an input (the recipe, the source model, the .npz) is refused, the file unchanged;
 * a FIFO, /dev/zero or a directory where a file is read ends at once with a message saying what
   it is, in `run` and in `check`; a timing cache of that kind is refused, never replaced;
-* an output directory holding another recipe's artifacts is refused unless --force; two recipes
+* an output directory holding another recipe's artifacts is refused unless --take-over; two recipes
   into one directory at once never leave a mixed set;
 * SIGKILL of the builder child is exit 7 naming the signal, nothing published, the graph kept;
 * SIGKILL of the whole run while it publishes leaves the old set or the new one, each whole;
@@ -179,18 +179,22 @@ def test_special_files_end_at_once_with_what_they_are(case, tmp_path):
 
 # --- rule 3: one recipe per output directory, one run at a time -------------------------------
 
-def test_a_directory_of_another_recipe_is_refused_unless_force(warm, tmp_path):
+@pytest.mark.parametrize("flag", ["--take-over", "--force"])
+def test_a_directory_of_another_recipe_is_refused_unless_taken_over(warm, tmp_path, flag):
     a, b = tiny(tmp_path, "tiny"), tiny(tmp_path, "other", batch=2)
     shared = tmp_path / "shared"
     assert pipeline(a, "-o", shared, "-q", env=warm)[0] == 0
+    assert pipeline(b, "-o", tmp_path / "own", "-q", env=warm)[0] == 0  # b's stages now cached
     before = consistent_set(shared)
     code, out, err, _ = pipeline(b, "-o", shared, "-q", env=warm)
     assert code == errors.EXIT_OUTPUT, out + err
     assert (f"holds the artifacts of recipe 'tiny' ({a}); this run is recipe 'other' ({b})" in err
-            and "--force" in err)
+            and "--take-over" in err)
     assert consistent_set(shared) == before  # untouched
-    code, out, err, _ = pipeline(b, "-o", shared, "-q", "--force", env=warm)
+    code, out, err, _ = pipeline(b, "-o", shared, "-q", flag, env=warm)
     assert code == 0, out + err
+    # --take-over only hands the directory over; --force also re-runs every stage
+    assert ("all stages cached" in out) == (flag == "--take-over"), out
     name, files = consistent_set(shared)
     assert name == "other" and public_names(shared) == sorted(list(files) + ["report.json", "report.md"])
     assert json.loads((shared / ".trt-pipeline.json").read_text())["recipe"] == str(b)

@@ -59,14 +59,13 @@ def fsync_dir(path: str | Path) -> None:
 
 def all_tensors(model: "onnx.ModelProto") -> list:
     """Every TensorProto of a model: initializers, sparse initializers' values, and tensor
-    attributes (`t`, `tensors`), in the main graph and every subgraph (what
-    onnx.external_data_helper's private _get_all_tensors walks, with public protobuf fields)."""
+    attributes (`t`, `tensors`), in the main graph, every subgraph and the model's local functions'
+    nodes (what onnx.external_data_helper's private _get_all_tensors walks, with public protobuf
+    fields; onnx.load loads external data for all of them)."""
     out = []
 
-    def walk(graph):
-        out.extend(graph.initializer)
-        out.extend(s.values for s in graph.sparse_initializer)
-        for node in graph.node:
+    def walk_nodes(nodes):
+        for node in nodes:
             for attr in node.attribute:
                 if attr.HasField("t"):
                     out.append(attr.t)
@@ -75,7 +74,14 @@ def all_tensors(model: "onnx.ModelProto") -> list:
                     walk(attr.g)
                 for g in attr.graphs:
                     walk(g)
+
+    def walk(graph):
+        out.extend(graph.initializer)
+        out.extend(s.values for s in graph.sparse_initializer)
+        walk_nodes(graph.node)
     walk(model.graph)
+    for function in model.functions:
+        walk_nodes(function.node)
     return out
 
 

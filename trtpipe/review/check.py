@@ -137,7 +137,9 @@ def resolve(recipe: Recipe) -> tuple[Backend | None, str | None]:
     """(backend, None) for the backend a run would use here, or (None, problem message)."""
     from trtpipe.backend import resolve_backend
     try:
-        return resolve_backend(recipe.data["build"]["backend"]), None
+        backend = resolve_backend(recipe.data["build"]["backend"])
+        backend.trt  # noqa: B018 -- a run imports it lazily; `check` must know now that it imports
+        return backend, None
     except PipelineError as err:
         return None, f"{_where(recipe, ('build', 'backend'))}: {err}"
 

@@ -56,7 +56,9 @@ def _backend(recipe):
     from trtpipe.backend import resolve_backend
     from trtpipe.errors import PipelineError
     try:
-        return resolve_backend(recipe.data["build"]["backend"]), None
+        backend = resolve_backend(recipe.data["build"]["backend"])
+        backend.trt  # noqa: B018 -- imported lazily by a run; explain says now whether it can be
+        return backend, None
     except PipelineError as err:
         return None, err.message
 

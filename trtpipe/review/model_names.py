@@ -154,8 +154,9 @@ def external_locations(path: str | Path) -> list[str]:
     are never read, and onnx is not imported (a fully cached run reads no model, issue 13).
 
     Walks what trtpipe.cache.files.all_tensors walks: initializers, sparse initializers' values
-    and tensor attributes (`t`, `tensors`), in the main graph and every subgraph (`g`, `graphs`).
-    Field numbers (onnx/onnx.proto3): ModelProto.graph 7; GraphProto node 1, initializer 5,
+    and tensor attributes (`t`, `tensors`), in the main graph, every subgraph (`g`, `graphs`) and
+    the model's local functions' nodes. Field numbers (onnx/onnx.proto3): ModelProto.graph 7,
+    functions 25; FunctionProto node 7; GraphProto node 1, initializer 5,
     sparse_initializer 15; SparseTensorProto values 1; NodeProto attribute 5; AttributeProto t 5,
     g 6, tensors 10, graphs 11; TensorProto external_data 13 (StringStringEntryProto key 1,
     value 2), data_location 14 (EXTERNAL = 1).
@@ -176,6 +177,10 @@ def external_locations(path: str | Path) -> list[str]:
         for number, kind, value in wire.fields(buf):
             if number == 7 and kind == wire.LENGTH:
                 _graph_locations(buf, value, found)
+            elif number == 25 and kind == wire.LENGTH:  # a model-local function: its nodes
+                for n, k, node in wire.fields(buf, value[0], sum(value)):
+                    if n == 7 and k == wire.LENGTH:
+                        _node_locations(buf, node, found)
     except (wire.WireError, IndexError, RecursionError):
         return []
     finally:
@@ -196,13 +201,17 @@ def _graph_locations(buf, span, found):
                 if n == 1 and k == wire.LENGTH:
                     _tensor_location(buf, v, found)
         elif number == 1:
-            for n, k, attr in wire.fields(buf, value[0], sum(value)):
-                if n == 5 and k == wire.LENGTH:
-                    for an, ak, av in wire.fields(buf, attr[0], sum(attr)):
-                        if ak == wire.LENGTH and an in (5, 10):
-                            _tensor_location(buf, av, found)
-                        elif ak == wire.LENGTH and an in (6, 11):
-                            _graph_locations(buf, av, found)
+            _node_locations(buf, value, found)
+
+
+def _node_locations(buf, span, found):
+    for n, k, attr in wire.fields(buf, span[0], sum(span)):
+        if n == 5 and k == wire.LENGTH:
+            for an, ak, av in wire.fields(buf, attr[0], sum(attr)):
+                if ak == wire.LENGTH and an in (5, 10):
+                    _tensor_location(buf, av, found)
+                elif ak == wire.LENGTH and an in (6, 11):
+                    _graph_locations(buf, av, found)
 
 
 def _tensor_location(buf, span, found):

@@ -5,7 +5,7 @@
   one directory, of one recipe or of two, never interleave; the second waits, and says so.
 * Owner: `output.dir/.trt-pipeline.json` names the recipe (real path and name) whose artifacts the
   directory holds; it is written with each published set. A directory holding another recipe's
-  artifacts is refused (exit 8) unless the run has `--force`, which hands the directory over (the
+  artifacts is refused (exit 8) unless the run has `--take-over` (or `--force`), which hands the directory over (the
   other recipe's files are removed when the new set is published). A directory written by an
   earlier trt-pipeline has no marker: its report.json says whose it is.
 * Rejected graphs: when a stage fails on a model that lives in the run's staging directory (which
@@ -107,7 +107,7 @@ class OutputDir:
         return None
 
     def check_owner(self) -> None:
-        """Raises OutputError when the directory holds another recipe's artifacts (unless --force)."""
+        """Raises OutputError when the directory holds another recipe's artifacts (unless --take-over)."""
         owner = self.owner()
         if not owner or not isinstance(owner.get("recipe"), str):
             return
@@ -123,7 +123,7 @@ class OutputDir:
             f"({theirs}); this run is recipe '{self.recipe_name}' ({self.recipe_path}). Two recipes in one "
             "directory would mix their artifacts",
             hint="give each recipe its own output.dir (default: build/<name> next to the recipe), or run with "
-                 "--force to replace the other recipe's artifacts")
+                 "--take-over to replace the other recipe's artifacts (cached stages stay cached)")
 
     # leftovers ------------------------------------------------------------------------------
     def _clean(self):

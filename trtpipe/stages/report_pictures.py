@@ -227,14 +227,19 @@ def _side_by_side(panels, title, out_path):
 # ------------------------------------------------------------------------------ error histograms
 
 def draw_errors(src: dict, final_named: dict, recipe: Any, out_path: Path) -> bool:
-    """Per output both models give (same shape), a histogram of |final - source| (log10 bins from
-    1e-9 up; exact zeros counted apart) with atol marked; integer/bool outputs: equal elements.
-    Returns whether anything was drawn."""
+    """Per output both models give (same shape) and validation compares element by element, a
+    histogram of |final - source| (log10 bins from 1e-9 up; exact zeros counted apart) with atol
+    marked; integer/bool outputs: equal elements. The post-processing model's detections (`nms:
+    split`, matched by IoU) are left out. Returns whether anything was drawn."""
     from trtpipe.stages.validate.compare import resolve_config
     cfg = resolve_config(recipe.data.get("validate"), recipe.precision.mode)
+    # the post-processing model's detections are matched by IoU, not element by element: an
+    # element-wise error there (boxes in another order) says nothing; the detections picture shows them
+    matched = set(getattr(final_named, "detection_names", None) or ())
     pairs = [(n, np.asarray(src[n]), np.asarray(final_named[n])) for n in src
-             if n in final_named and np.shape(src[n]) == np.shape(final_named[n]) and np.size(src[n])
-             and np.asarray(src[n]).dtype.kind in "biuf" and np.asarray(final_named[n]).dtype.kind in "biuf"]
+             if n in final_named and n not in matched and np.shape(src[n]) == np.shape(final_named[n])
+             and np.size(src[n]) and np.asarray(src[n]).dtype.kind in "biuf"
+             and np.asarray(final_named[n]).dtype.kind in "biuf"]
     if not pairs:
         return False
     panels = [_panel(n, a, b, (cfg["outputs"].get(n) or {}).get("atol", cfg["atol"])) for n, a, b in pairs[:MAX_PANELS]]
@@ -243,7 +248,9 @@ def draw_errors(src: dict, final_named: dict, recipe: Any, out_path: Path) -> bo
     title = 28
     canvas = Image.new("RGB", (width, title + sum(p.height + gap for p in panels)), BG)
     ImageDraw.Draw(canvas).text((10, 8), f"{recipe.name}: |final - source| per output element, validation feed 1"
-                                + (f" (first {MAX_PANELS} outputs)" if len(pairs) > MAX_PANELS else ""), fill=FG)
+                                + (f" (first {MAX_PANELS} outputs)" if len(pairs) > MAX_PANELS else "")
+                                + ("; detections: matched by IoU, see the detections picture" if matched else ""),
+                                fill=FG)
     y = title
     for p in panels:
         canvas.paste(p, (0, y))

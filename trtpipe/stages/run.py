@@ -55,7 +55,7 @@ def run_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = Non
     report, each stage served from the stage cache when its key matches, and publish the artifacts
     into `output.dir` only if every stage succeeded (staged, then switched in as one set, publish.py).
     One run per recipe and one per output directory at a time: a second run waits for the first
-    one's lock. An output directory holding another recipe's artifacts is refused unless --force.
+    one's lock. An output directory holding another recipe's artifacts is refused unless --take-over (or --force).
 
     Args:
         recipe_path: the recipe YAML file.
@@ -83,7 +83,7 @@ def run_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = Non
             parser/builder failed.
         OutputError: the cache directory, output directory or timing cache is not writable; an
             output would overwrite a file the run reads; the output directory holds another
-            recipe's artifacts (without --force); a write did not fit (disk full, quota, file size
+            recipe's artifacts (without --take-over or --force); a write did not fit (disk full, quota, file size
             limit; the message names the file and the space needed); or publishing failed.
         CorruptEntry: the same cache entry turned out corrupt three runs in a row (a bug or a
             failing disk; not a PipelineError).
@@ -133,7 +133,7 @@ def _run(recipe_path, ui, options):
     where = f"-o {out['dir']}: " if options.output_dir else f"{recipe.locate(('output', 'dir'))}: "
     lock = cache.recipe_lock(recipe.path, on_wait=lambda pid: ui.info(
         f"waiting for another run of {recipe.name} (pid {pid or '?'}) to finish"))
-    out_dir = OutputDir(out["dir"], recipe.path, recipe.name, force=options.force, where=where,
+    out_dir = OutputDir(out["dir"], recipe.path, recipe.name, force=options.force or options.take_over, where=where,
                         on_wait=lambda pid: ui.info(Text(f"waiting for another run writing into {out['dir']} "
                                                          f"(pid {pid or '?'}) to finish")))
     with lock, cache.use_lock(), out_dir, Staging(out["dir"], where=where) as staging:
@@ -155,16 +155,26 @@ def _run(recipe_path, ui, options):
     return rep
 
 
+def _backend_imports(state):
+    """Between stages: the build process imports the backend while they run; if it could not, say
+    so now rather than when the build starts."""
+    if state.build_worker is not None:
+        state.build_worker.raise_if_failed()
+
+
 def _stages(state, staging, out, t0, out_dir):
     recipe, backend, ui = state.recipe, state.backend, state.ui
     source_path = staging.path(f"{recipe.name}.source.onnx")
     source, cur = source_stage.run(state, source_path)
+    _backend_imports(state)
     ctx = PassContext(name=recipe.name, backend=backend.name, backend_version=backend.version_tuple,
                       recipe_dir=recipe.dir, stage_dir=staging.dir, logger=ui.detail, warner=ui.warn,
                       plugin_libraries=recipe.data["build"]["plugins"],
                       input_contract=source.input_contract)
     cur, pass_stats = passes_stage.run(state, cur, ctx, staging, source.nodes)
+    _backend_imports(state)
     final, precision_stats, ops_final = precision_stage.run(state, cur, source, source_path, ctx)
+    _backend_imports(state)
     final_path = staging.path(out["onnx"])
     with writing(Path(out["dir"]) / out["onnx"], _model_bytes(final.entry.path(MODEL)), "the final ONNX model"):
         copy_model(final.entry.path(MODEL), final_path)

@@ -193,7 +193,13 @@ def _source_onnx(path, where, missing_path_error):
     # keeping its weights outside is small; a bigger one would be parsed twice): the source stage
     # checks the others' external files with the same message when it loads them.
     if os.path.getsize(path) <= EXTERNAL_CHECK_BYTES:
-        special = [m for m in (not_a_file(p, "external data file") for p in external_data_inputs(path)) if m]
+        named = external_data_inputs(path)
+        nul = [p for p in named if "\0" in p]
+        if nul:  # no file can have such a name (the OS refuses it), so the model cannot be loaded
+            return [SourceError(f"{where}: the model names an external data file whose name holds a NUL byte: "
+                                f"{os.path.basename(nul[0])!r}", hint="re-save the model with its weights inside "
+                                "or in a file with a plain name")]
+        special = [m for m in (not_a_file(p, "external data file") for p in named) if m]
         if special:
             return [SourceError(f"{where}: " + "; ".join(special))]
     return []
@@ -300,6 +306,8 @@ def output_problems(recipe: Recipe, out_dir: str | Path, via_option: bool = Fals
     if (src and special_kind(src) is None and os.path.getsize(src) <= EXTERNAL_CHECK_BYTES
             and (_under(model_dir, out_dir) or _under(out_dir, model_dir))):
         for data in external_data_inputs(src):  # only read when outputs could land beside the model
+            if "\0" in data:
+                continue  # no such file can exist: input_problems refuses the model
             files.setdefault(os.path.realpath(data), FileUse(data, "external data of the source model",
                                                              ("source", "onnx")))
 

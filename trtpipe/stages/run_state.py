@@ -32,12 +32,13 @@ class RunOptions:
 
     def __init__(self, validate: bool = True, debug: bool = False, output_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None, force: bool = False, from_stage: str | None = None,
-                 compute_capabilities: list[str] | None = None) -> None:
+                 compute_capabilities: list[str] | None = None, take_over: bool = False) -> None:
         self.validate = validate
         self.debug = debug
         self.output_dir = output_dir
         self.cache_dir = cache_dir      # None: $TRTPIPE_CACHE_DIR, else the XDG cache directory
         self.force = force              # re-run every stage (results still refresh the cache)
+        self.take_over = take_over      # publish into another recipe's output.dir (--force implies it)
         self.from_stage = from_stage    # re-run this stage and the ones after it
         # replaces build.compute_capabilities (--compute-capabilities; build-all's target, trtpipe/fleet)
         self.compute_capabilities = compute_capabilities

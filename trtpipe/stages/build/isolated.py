@@ -15,6 +15,7 @@ Only TensorRT's native code needs this: everything else stays in the run's proce
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -110,6 +111,21 @@ class BuildWorker:
         finally:
             self.stop()
 
+    def raise_if_failed(self) -> None:
+        """Raise the error the child reported before any request (the backend cannot be imported),
+        so that a run stops between stages instead of after minutes of conversion and passes."""
+        try:
+            ready = self._conn.poll(0)
+        except (OSError, ValueError):  # closed: stopped already
+            return
+        if ready:
+            try:
+                kind, payload = self._conn.recv()
+            except (EOFError, OSError):
+                return  # gone without a word: build() reports the crash when asked to build
+            if kind == "error":
+                raise payload
+
     def stop(self) -> None:
         """Stop the child (idempotent)."""
         if self._process.is_alive():
@@ -154,12 +170,17 @@ def _serve(conn: Any, backend_name: str, parent_end: Any = None) -> None:
     try:
         backend = resolve_backend(backend_name)
         backend.trt  # noqa: B018 -- import it now, while the parent converts: the point of starting early
+    except PipelineError as err:
+        # said at once (the parent looks between stages: BuildWorker.raise_if_failed), and the
+        # pipe kept open until the request or the parent's end, which then reads it
+        _reply(conn, "error", err)
+        with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
+            conn.recv()
+        return
+    try:
         model_path, build_cfg, locate, plan_file = conn.recv()
     except (EOFError, OSError, KeyboardInterrupt):
         return  # the run ended (a cached build, or a failure before it) without asking
-    except PipelineError as err:
-        _reply(conn, "error", err)
-        return
 
     class _Progress:
         def phase(self, name: str, current: int, total: int) -> None:

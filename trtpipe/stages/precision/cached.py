@@ -32,6 +32,9 @@ def run(state: RunState, cur: ModelRef, source: types.SimpleNamespace, source_pa
         ctx.input_contract = meta["input_contract"]
         state.timings["precision"] = ui.done(f"cached: {_summary(cfg, meta['stats'])}")
         if meta.get("same_as_input"):  # fp32: the model is the input's, held by the entry before
+            # verified as this entry's own model would have been at lookup: a corrupt or missing
+            # file raises CorruptEntry (discarded, the run starts over without it)
+            cur.entry.verify(cur.entry.model_files())
             return cur, meta["stats"], meta["ops_final"]
         return ModelRef(meta["model_sha"], entry), meta["stats"], meta["ops_final"]
     # imported past the cache hit: a fully cached run loads neither onnx nor numpy (issue 13)
