@@ -91,9 +91,17 @@ def _broken_rtx_preload(tmp_path):
     return str(site)
 
 
+def _broken_env(tmp_path):
+    env = _env(tmp_path / "cache", PYTHONPATH=_broken_rtx_preload(tmp_path))
+    # importing the EP wheel (an earlier test in this process did) appends its library directory
+    # to LD_LIBRARY_PATH, which children inherit: without it, as in a fresh shell
+    env.pop("LD_LIBRARY_PATH", None)
+    return env
+
+
 def test_check_names_a_backend_that_cannot_be_imported(tmp_path):
     recipe = _tiny(tmp_path)
-    proc = _run("check", recipe, env=_env(tmp_path / "cache", PYTHONPATH=_broken_rtx_preload(tmp_path)))
+    proc = _run("check", recipe, env=_broken_env(tmp_path))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "cannot be imported" in proc.stdout + proc.stderr
 
@@ -102,7 +110,7 @@ def test_a_run_names_a_backend_that_cannot_be_imported(tmp_path):
     """Not "the TensorRT parser/builder crashed (exit code 0) ... the graph is likely one it
     cannot parse": the worker's error reply is in the pipe when the parent's request fails."""
     recipe = _tiny(tmp_path)
-    proc = _run(recipe, "-q", env=_env(tmp_path / "cache", PYTHONPATH=_broken_rtx_preload(tmp_path)))
+    proc = _run(recipe, "-q", env=_broken_env(tmp_path))
     assert proc.returncode == 7, proc.stderr
     assert "backend tensorrt_rtx cannot be imported" in proc.stderr, proc.stderr
     assert "crashed" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
