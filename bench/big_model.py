@@ -10,7 +10,7 @@ process it starts: getrusage(RUSAGE_CHILDREN).ru_maxrss) against the weight byte
     python bench/big_model.py --gib 0.1 --modes fp32
     python bench/big_model.py --keep /tmp/big     # keep the model, cache and outputs there
 
-Target (issue 13): the run completes; peak memory <= 1.5x the weight bytes for fp32.
+Target (README "Performance"; issue 13): the run completes; peak memory <= 1.5x the weight bytes for fp32.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13, target P1: a cold run with validation off costs <= 1.05x a hand-written script.
+"""Target P1 (README "Performance"; issue 13): a cold run with validation off costs <= 1.05x a hand-written script.
 
 A = `python pipeline.py RECIPE --no-validate --cache-dir EMPTY -o OUT -q` (a fresh cache directory
 each run, so every stage runs; it holds only `codescan.json`, copied from the warm-up run: the

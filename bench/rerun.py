@@ -15,7 +15,7 @@ the backend, onnx, numpy, onnx-graphsurgeon).
     python bench/rerun.py                        # recipes/effdet.yaml, 3 pairs
     python bench/rerun.py --pairs 1 --recipe recipes/zoo-resnet50.yaml
 
-Targets (issue 13): no-op <= 0.05x cold, build edit <= 0.15x cold.
+Targets (README "Performance"; issue 13): no-op <= 0.05x cold, build edit <= 0.15x cold.
 """
 
 from __future__ import annotations

@@ -273,8 +273,10 @@ def stage_plan(recipe: Recipe, backend: Backend | None, backend_error: str | Non
     files = [f"{recipe.name}.source.onnx", out["onnx"], out["plan"]]
     if any(item["pass"] == "nms" and item["params"].get("mode") == "split" for _, item in recipe.enabled_passes()):
         files.append(f"{recipe.name}.postprocess.onnx")
-    steps.append(("publish", f"{out['dir']}/: {', '.join(files + ['report.json', 'report.md'])} "
-                             f"(moved in only when every stage succeeded)"))
+    files += ["report.json", "report.md"]
+    if (data.get("validate") or {}).get("enabled", True):  # report_pictures.py: drawn from validation's feed
+        files.append(f"{recipe.name}.errors.png (+ {recipe.name}.detections.png for a detector)")
+    steps.append(("publish", f"{out['dir']}/: {', '.join(files)} (moved in only when every stage succeeded)"))
     return steps
 
 

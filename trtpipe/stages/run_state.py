@@ -44,6 +44,9 @@ class RunOptions:
         self.compute_capabilities = compute_capabilities
 
 
+_FROZEN = False  # RunState.quiet froze the stage libraries' objects already
+
+
 def quiet_libraries(verbose: bool) -> None:
     """ONNX Runtime and Polygraphy log warnings meant for their own developers; keep errors."""
     import onnxruntime
@@ -110,7 +113,10 @@ class RunState:
         full collections, which otherwise walk them again and again while the stages allocate."""
         if not self._quieted:
             quiet_libraries(self.ui.verbose)
-            gc.freeze()
+            global _FROZEN
+            if not _FROZEN:  # once per process: a second run's heap also holds the first's garbage
+                gc.freeze()
+                _FROZEN = True
             self._quieted = True
 
     def lookup(self, kind: str, key: str | None, label: str,

@@ -257,6 +257,7 @@ def _say(log, msg, stderr=False):
 
 
 def _import_tf():
+    fresh = "tensorflow" not in sys.modules
     try:
         import tensorflow as tf
         import tf2onnx
@@ -268,7 +269,10 @@ def _import_tf():
     # TensorFlow's import leaves some million objects that live as long as the process. Frozen,
     # the garbage collector's full collections during the conversion no longer walk them: the
     # conversion of the effdet demo took 1.1-1.25 s instead of 1.8 s (bench/cold_overhead.py).
-    gc.freeze()
+    # Only right after the import: later, the heap also holds earlier work's garbage (a process
+    # that converts many times, such as the test suite), which a freeze would keep forever.
+    if fresh:
+        gc.freeze()
     return tf, tf2onnx
 
 
