@@ -83,7 +83,7 @@ def split(graph: gs.Graph, cut: Cut, ctx: PassContext, settings: dict | None = N
         "extra_inputs": [t.name for t in cut.extra],
         # settings changed from the source's: validation then runs this model on the source's cut
         # tensors for the reference (the source's own outputs hold the old settings' detections)
-        "settings": {k: v["to"] for k, v in applied.items() if v["to"] != v["from"]},
+        "settings": {k: v["to"] for k, v in applied.items() if v["to"] != v["from"] and not v.get("unchanged")},
     }
     for t in cut.outputs:  # these are no longer engine outputs
         ctx.output_map.pop(t.name, None)

@@ -224,7 +224,10 @@ def apply(post: gs.Graph, settings: dict[str, float | int | None], log: Callable
             while len(p.node.inputs) <= p.index:
                 p.node.inputs.append(gs.Variable.empty())
             p.node.inputs[p.index] = const
-        done[setting] = {"from": values[0], "to": value, "places": [p.label() for p in places]}
+        # the same value in the constant's own type (0.3 restated for a float32 0.3) changes nothing
+        unchanged = np.asarray(value, dtype).item() == np.asarray(values[0], dtype).item()
+        done[setting] = {"from": values[0], "to": value, "places": [p.label() for p in places],
+                         "unchanged": unchanged}
         log(f"{setting}: {values[0]:.6g} -> {value:.6g} at " + "; ".join(p.label() for p in places))
     if "max_detections" in done:
         _forget_shapes(post)

@@ -162,20 +162,27 @@ def validate_models(source_model_path: str | Path, final_model_path: str | Path,
     shown = {n: list(a.shape) for n, a in final_feeds[0].items()} if final_feeds else None
     corner_runs = []  # (label, final feed, final-ort run) for the engine comparison at each corner
     profiles, notes = shape_profiles(profiles, params, contract)  # a shape tensor's profile holds values
-    if notes:
+    if notes:  # the plan takes values never compared: not evidence for them (informative.doubts)
         main["note"] = "; ".join(notes)
+        result["comparisons"].append({"name": f"{SOURCE} vs {FINAL} at the other parameter values",
+                                      "status": "inconclusive", "uncompared": True,
+                                      "reason": "; ".join(notes) + " (the others are not compared)"})
     for corner in profile_corners(profiles, contract, src_in, fin_in, compared=shown):
         comp, ran = _at_corner(
             corner, cfg, source_model_path, plugins.model_path, final_ort_optimize, src_in, fin_in,
             contract, src_outputs, pairs, entries, tol_for, base_dir, locate, params, custom_ops=plugins.custom_ops)
         result["comparisons"].append(comp)
         if ran:
-            corner_runs.append((corner.label, *ran))
+            corner_runs.append((corner.label, *ran[:2]))
+            if postprocess:  # the post-processing model runs after the engine at every shape the plan takes
+                result["comparisons"].append(_postprocess_at_corner(
+                    corner.label, postprocess, final_model_path, ran[1], ran[2], ran[3], tol_for, cfg,
+                    precision, tolerances, omap))
     if postprocess and postprocess.get("kind") == "outputs":  # split_postprocess: element-wise
         result["comparisons"].append(_postprocessed(postprocess, final_model_path, fin_run, src_run, tol_for, cfg))
     elif postprocess:
         result["detections"] = _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances,
-                                          omap)
+                                          omap, src_feeds=feeds)
     elif main["status"] == "skipped" and not all(skip_reason(cfg, f, omap.get(f, f)) or f in plugins.engine_only
                                                  for f in fin_out):
         # Nothing paired up: an unrecorded rename, not something to pass silently.
@@ -249,7 +256,31 @@ def _at_corner(corner, cfg, source_path, final_path, final_optimize, src_in, fin
     if corner.slices > 1:
         comp["note"] = (f"the source model has a fixed batch: it ran {corner.slices} times, outputs concatenated "
                         f"along axis 0")
-    return comp, (final_feed, fin_run)
+    return comp, (final_feed, fin_run, joined, concat_feeds(feeds))
+
+
+def _postprocess_at_corner(label, postprocess, final_model_path, fin_run, src_run, src_feed, tol_for, cfg,
+                           precision, tolerances, omap):
+    """final-ort + the post-processing model (`split_postprocess`, `nms: split`) against the source
+    at one profile corner: element-wise, or detections matched by IoU, as at the main shape."""
+    have = _run_outputs(src_run) | set(src_feed)
+    if postprocess.get("settings"):  # the cut tensors the reference post-processing runs on
+        missing = sorted(i for i, f in postprocess["inputs"].items() if (omap or {}).get(f, f) not in have
+                         and i not in have)
+    else:  # the source outputs compared against
+        missing = sorted(set(postprocess["outputs"].values()) - have)
+    if missing:  # e.g. a fixed-batch source whose outputs cannot be assembled at this batch
+        return {"name": f"{SOURCE} vs {FINAL} + {POST} at {label}", "status": "inconclusive", "uncompared": True,
+                "reason": f"the post-processing outputs cannot be compared at this profile corner: the source run "
+                          f"there lacks {missing}"}
+    if postprocess.get("kind") == "outputs":
+        comp = _postprocessed(postprocess, final_model_path, fin_run, src_run, tol_for, cfg)
+        comp["name"] = f"{comp['name']} at {label}"
+        return comp
+    dets = _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances, omap,
+                       src_feeds=[src_feed])
+    return {"name": f"detections (final + post-processing vs source NMS outputs) at {label}",
+            "status": dets["status"], "reason": dets.get("reason"), "detections": dets}
 
 
 def _run_outputs(run):
@@ -257,9 +288,22 @@ def _run_outputs(run):
     return set(list(run.values())[0][0].keys())
 
 
+def _engine_only_inputs(postprocess, fin_run):
+    """Why the post-processing cannot run on final-ort's outputs, or None: it reads tensors only the
+    engine computes (after a plugin: plugin_cut.py), which ONNX Runtime's run of the final model lacks."""
+    absent = sorted({f for f in postprocess["inputs"].values()} - _run_outputs(fin_run))
+    if not absent:
+        return None
+    return (f"the post-processing model reads {absent}, computed only by the engine (after a plugin): its "
+            f"outputs are compared only where a GPU runs the plan")
+
+
 def _postprocessed(postprocess, final_model_path, fin_run, src_run, tol_for, cfg):
     """final-ort + post-processing (split_postprocess) against the source's outputs, element-wise."""
     from polygraphy.comparator import IterationResult, RunResults
+    unrun = _engine_only_inputs(postprocess, fin_run)
+    if unrun:
+        return {"name": f"{SOURCE} vs {FINAL} + {POST}", "status": "inconclusive", "reason": unrun}
     pp_path = Path(postprocess["file"])
     pp_path = pp_path if pp_path.is_absolute() else Path(final_model_path).parent / pp_path
     cand = RunResults([(POST, [IterationResult(it, runner_name=POST) for it in
@@ -270,8 +314,15 @@ def _postprocessed(postprocess, final_model_path, fin_run, src_run, tol_for, cfg
                            tol_for, cfg)
 
 
-def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances, omap=None):
+def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision, tolerances, omap=None,
+                src_feeds=None):
+    """The post-processed detections of the final model against the source's NMS outputs (or, with
+    changed NMS settings, against the post-processing model run on the source's cut tensors and,
+    for cut tensors that are graph inputs, on `src_feeds`: the source feeds, one per iteration)."""
     omap = omap or {}
+    unrun = _engine_only_inputs(postprocess, fin_run)
+    if unrun:
+        return {"status": "inconclusive", "reason": unrun}
     pp_path = Path(postprocess["file"])
     pp_path = pp_path if pp_path.is_absolute() else Path(final_model_path).parent / pp_path
     cand = run_postprocess(pp_path, postprocess, fin_run)
@@ -280,8 +331,14 @@ def _detections(postprocess, final_model_path, fin_run, src_run, cfg, precision,
         # `nms: split` changed NMS settings: the source's own outputs hold the old settings' detections.
         # The reference is the post-processing model on the source's tensors at the cut (exposed as
         # inner outputs), so the engine is what is compared, under the new settings on both sides.
-        on_source = {**postprocess, "inputs": {i: omap.get(f, f) for i, f in postprocess["inputs"].items()}}
-        ref = run_postprocess(pp_path, on_source, src_run)
+        iterations = list(src_run.values())[0]
+        values = [{**feed, **dict(it.items())} for feed, it in zip(src_feeds or [{}] * len(iterations), iterations)]
+        known = values[0].keys() if values else ()
+        # a cut tensor under its source name (renamed by passes: output_map), else under its own: a
+        # graph input the post-processing also reads is a source feed (nms_postprocess passthrough)
+        on_source = {**postprocess, "inputs": {i: omap.get(f, f) if omap.get(f, f) in known else i
+                                               for i, f in postprocess["inputs"].items()}}
+        ref = run_postprocess(pp_path, on_source, {SOURCE: values})
     missing = [s for s in postprocess["outputs"].values() if s not in ref[0].keys()]
     if missing:
         return {"status": "failed", "reason": f"the source model has no output(s) {missing} to compare the "
