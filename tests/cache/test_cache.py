@@ -274,3 +274,42 @@ def test_no_timing_cache_on_tensorrt_rtx(tiny, tmp_path, run_cli, cache_dir):
     assert not timing.exists() and not list(cache_dir.glob("timing/*"))
     warnings = report(tmp_path)["build"]["warnings"]
     assert any("build.timing_cache mine.timing is not used with tensorrt_rtx" in w for w in warnings), warnings
+
+
+
+def test_weights_beside_a_small_inline_bias_are_hard_linked_between_entries(tmp_path, monkeypatch):
+    """A pass that changes no weight stores its entry's data file as a hard link of the one before,
+    also when the model holds a small tensor load_model read inline (a 1000-element bias)."""
+    import os
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    monkeypatch.setattr(cache_files, "KEEP_EXTERNAL_BYTES", 1 << 20)  # 4 MB of weights: kept as references
+    weight = numpy_helper.from_array(np.arange(1024 * 1024, dtype=np.float32).reshape(1024, 1024), "W")
+    bias = numpy_helper.from_array(np.arange(1000, dtype=np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Slice", ["m", "s", "e"], ["y0"]),
+         helper.make_node("Add", ["y0", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1000])],
+        [weight, bias, numpy_helper.from_array(np.array([0], np.int64), "s"),
+         numpy_helper.from_array(np.array([1000], np.int64), "e")])
+    src = tmp_path / "src" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save_model(helper.make_model(graph), str(src), save_as_external_data=True, location="m.onnx.data",
+                    size_threshold=0)
+    store = cache.Cache(tmp_path / "cache").open()
+    model = cache_files.load_model(src)
+    entries = []
+    for key in ("a" * 64, "b" * 64):
+        with store.writer("pass", key) as w:
+            w.save_model(model)
+            entries.append(w.commit())
+    first, second = (os.stat(e.path("model.onnx.data")) for e in entries)
+    assert first.st_ino == second.st_ino  # one inode, no copy
+    for entry in entries:  # and both read back whole, the bias from the protobuf
+        again = cache_files.load_model(entry.path("model.onnx"))
+        values = {t.name: (cache_files.read_tensor(t) if cache_files.is_external(t) else numpy_helper.to_array(t))
+                  for t in cache_files.all_tensors(again)}
+        assert np.array_equal(values["W"], numpy_helper.to_array(weight))
+        assert np.array_equal(values["b"], numpy_helper.to_array(bias))

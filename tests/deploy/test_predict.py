@@ -10,6 +10,7 @@ the same image, the classifier's ONNX source on a feed prepared by hand.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -227,7 +228,17 @@ def test_refit_needs_a_gpu_runtime(effdet_out, run_cli, tmp_path, rtx):
     assert reason in err and not (tmp_path / "r.plan").exists()
     code, _, err = run_cli("refit", effdet_out / "effdet.plan", "--onnx", effdet_out / "effdet.onnx",
                            "-o", effdet_out / "effdet.plan")
-    assert code == errors.EXIT_DEPLOY and "refit never writes over its inputs" in err
+    assert code == errors.EXIT_DEPLOY and "refit never writes over its input" in err
+    # nor over another published artifact, or an input reached through a hard link
+    before = (effdet_out / "report.json").read_bytes()
+    code, _, err = run_cli("refit", effdet_out / "effdet.plan", "--onnx", effdet_out / "effdet.onnx",
+                           "-o", effdet_out / "report.json")
+    assert code == errors.EXIT_DEPLOY and "refit never writes over a file a run published" in err, err
+    assert (effdet_out / "report.json").read_bytes() == before
+    link = tmp_path / "plan-link"
+    os.link(os.path.realpath(effdet_out / "effdet.plan"), link)
+    code, _, err = run_cli("refit", effdet_out / "effdet.plan", "--onnx", effdet_out / "effdet.onnx", "-o", link)
+    assert code == errors.EXIT_DEPLOY and "refit never writes over its input" in err, err
 
 
 # --- a classifier ----------------------------------------------------------------------------------

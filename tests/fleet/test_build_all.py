@@ -271,6 +271,15 @@ def test_remote_tier_shares_entries_between_caches(tmp_path, monkeypatch, scheme
     m["checksum"] = cache.digest(m)
     (shared / remote.manifest_path("build", other)).write_text(json.dumps(m))
     assert d.get("build", other) is None and not list(d.tmp_dir.iterdir())
+    # whoever can write to the shared tier can write anything: a manifest that is no mapping, or one
+    # with a right checksum but no meta, is ignored with a warning, never a traceback
+    m.pop("meta"), m.pop("checksum")
+    m["checksum"] = cache.digest(m)
+    for bad in ("[1, 2]", json.dumps(m)):
+        (shared / remote.manifest_path("build", other)).write_text(bad)
+        before = len(warnings)
+        assert d.get("build", other) is None and not list(d.tmp_dir.iterdir())
+        assert any("does not match its checksum" in w for w in warnings[before:]), warnings[before:]
 
 
 # --------------------------------------------------------------------------------------------- ray
@@ -383,3 +392,18 @@ def test_ray_local_without_address(recipes, serial, tmp_path):
     assert doc["cluster"]["address"] == "local"
     task = doc["tasks"][0]
     assert task["worker"]["executor"] == "ray" and task["plan"]["sha256"] == serial["8.9"]
+
+
+def test_recipes_of_one_name_get_distinct_task_ids(tmp_path):
+    """Two recipe files that both say `name: tiny` (different folders and output.dir): their tasks,
+    log files and rows in build-all.json must not be confused."""
+    from trtpipe.fleet.tasks import expand, parse_target
+    paths = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        make_conv_model(tmp_path / folder / "tiny.onnx")
+        paths.append(write_recipe(tmp_path / folder / "tiny.yaml", TINY_RECIPE.format(workspace="256MiB")))
+    tasks = expand(paths, [parse_target("8.9")], None)
+    assert [t.name for t in tasks] == ["tiny", "tiny"]
+    assert [t.id for t in tasks] == ["tiny@8.9", "tiny~2@8.9"]
+    assert len({t.output_dir for t in tasks}) == 2 and all(t.error is None for t in tasks)

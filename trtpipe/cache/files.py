@@ -222,9 +222,10 @@ def save_model(model: onnx.ModelProto, path: str | Path, link_from: str | Path |
     if not ext:
         # serialized once (onnx.save_model's bytes: SerializeToString), hashed in memory instead
         # of asking ByteSize first and reading the file back to hash it
+        from google.protobuf.message import EncodeError
         try:
             data = model.SerializeToString()
-        except ValueError:  # protobuf refuses messages over 2 GiB: weights go to a data file below
+        except (EncodeError, ValueError):  # protobuf refuses messages over 2 GiB: weights go to a data file below
             data = None
         if data is not None and len(data) < EXTERNAL_DATA_BYTES:
             with open(path, "wb") as f:
@@ -238,7 +239,10 @@ def save_model(model: onnx.ModelProto, path: str | Path, link_from: str | Path |
     hashed = {}
     undo = []  # (tensor, saved external_data, saved raw_data or None)
     try:
-        single = next(iter(srcs)) if len(srcs) == 1 and not inline else None
+        # tensors load_model read into the model (inline_small: at most SMALL_ELEMENTS, a bias or a
+        # BatchNorm vector) may stay there: only bigger inline weights need the data file rewritten
+        big_inline = [t for t in inline if _elements(t) > SMALL_ELEMENTS]
+        single = next(iter(srcs)) if len(srcs) == 1 and not big_inline else None
         if single and Path(single).resolve() == data_path.resolve():
             placed = {id(t): _ext(t)[1:] for t in ext}  # written in place (e.g. the fp16 stream)
         elif single and link_from and Path(single).resolve().is_relative_to(Path(link_from).resolve()):
@@ -282,6 +286,8 @@ def save_model(model: onnx.ModelProto, path: str | Path, link_from: str | Path |
             os.replace(writing, data_path)
             hashed[data_name] = h.hexdigest()
         for t in ext + inline:
+            if id(t) not in placed:  # small, beside a linked data file: stays in the protobuf
+                continue
             offset, length = placed[id(t)]
             saved_raw = None
             if not is_external(t):

@@ -10,6 +10,7 @@ Deserializing needs a GPU the plan can run on: elsewhere the command stops and s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from trtpipe.backend import has_runtime_gpu, resolve_backend
@@ -41,8 +42,9 @@ def refit(plan: str | Path, onnx_path: str | Path, dest: str | Path | None = Non
         if not path.is_file():
             raise DeployError(f"{path}: no such {what}")
     out = Path(dest) if dest else plan.with_name(f"{plan.stem}.refitted.plan")
-    if out.resolve() in (plan.resolve(), onnx_path.resolve()):
-        raise DeployError(f"{out}: refit never writes over its inputs", hint="name another file with -o")
+    why = _refused(out, plan, onnx_path)
+    if why:
+        raise DeployError(f"{out}: refit never writes over {why}", hint="name another file with -o")
     written_by = plan_backend(plan)
     if written_by is None:
         raise DeployError(f"{plan}: not a TensorRT or TensorRT-RTX plan (its first bytes are neither's)")
@@ -59,6 +61,28 @@ def refit(plan: str | Path, onnx_path: str | Path, dest: str | Path | None = Non
     data = _serialize_with_weights(backend, engine)
     write_atomic(out, lambda fh: fh.write(data), "-o PATH", "the refitted plan")
     return out
+
+
+def _refused(out, plan, onnx_path):
+    """What `out` is that refit must not replace, or None: one of its inputs (the plan, the ONNX
+    model, the weights files the model names; also through another link to the same file), or a file
+    a run published (in an output directory: its owner marker beside it, or under .runs/)."""
+    from trtpipe.review.model_names import external_locations
+    from trtpipe.stages.run_files import MARKER
+    inputs = [plan, onnx_path] + [onnx_path.parent / loc for loc in external_locations(onnx_path)]
+    real = os.path.realpath(out)
+    try:
+        st = os.stat(out)
+    except OSError:
+        st = None
+    for path in inputs:
+        if real == os.path.realpath(path) or (st is not None and os.path.exists(path)
+                                              and os.path.samestat(st, os.stat(path))):
+            return f"its input {path}"
+    if os.path.lexists(out) and (os.path.exists(os.path.join(os.path.dirname(os.path.abspath(out)), MARKER))
+                                 or f"{os.sep}.runs{os.sep}" in real):
+        return "a file a run published"
+    return None
 
 
 def _serialize_with_weights(backend, engine):

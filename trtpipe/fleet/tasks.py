@@ -150,10 +150,13 @@ class Task:
     output_dir: str              # where this task publishes
     plan_name: str = ""
     error: tuple[int, str] | None = None  # (exit code, message): it fails without running
+    same_name: int = 0           # recipes of this name before this one's (2nd, 3rd...: a distinct id)
 
     @property
     def id(self) -> str:
-        return f"{self.name}@{self.target.label}"
+        """`<name>@<target>` (`<name>~2@<target>` for the second recipe of that name): names the
+        task in progress, build-all.json and its log file."""
+        return f"{self.name}{f'~{self.same_name + 1}' if self.same_name else ''}@{self.target.label}"
 
     def spec(self) -> dict[str, Any]:
         """What a worker needs to run the task (plain data: it travels to Ray workers)."""
@@ -202,6 +205,12 @@ def expand(recipes: list[Path], targets: list[Target] | None, output_base: str |
         for target in mine:
             tasks.append(Task(len(tasks), str(path), recipe.name, target, str((base / target.dirname).resolve()),
                               plan_name=recipe.data["output"]["plan"]))
+    files_of: dict[str, list[str]] = {}  # recipe name -> its files, in order
+    for task in tasks:
+        files = files_of.setdefault(task.name, [])
+        if task.recipe not in files:
+            files.append(task.recipe)
+        task.same_name = files.index(task.recipe)
     seen: dict[str, Task] = {}
     for task in (t for t in tasks if t.error is None):
         other = seen.setdefault(task.output_dir, task)
