@@ -82,7 +82,9 @@ def resolve_backend(name: str = "auto") -> Backend:
         return _load_tensorrt()
     except BuildError as trt_err:
         try:
-            return _load_rtx()
+            backend = _lazy("tensorrt_rtx", _import_rtx)
+            backend.trt  # noqa: B018 -- imported now: if it fails too, both reasons are said together
+            return backend
         except BuildError as rtx_err:
             raise BuildError("no TensorRT backend can be imported:\n  - " + str(trt_err)
                              + "\n  - " + str(rtx_err)) from None
@@ -155,8 +157,8 @@ def _check_version(backend: Backend) -> None:
 
 
 def _load_tensorrt():
-    backend = Backend("tensorrt", "", _import_tensorrt)
-    trt = backend.trt
+    """tensorrt, imported now (`auto` with both backends installed: a failed import falls back)."""
+    trt = _import_tensorrt()
     backend = Backend("tensorrt", trt.__version__, lambda: trt)
     _check_version(backend)
     return backend
@@ -170,10 +172,6 @@ def _import_tensorrt():
         raise BuildError(f"backend tensorrt cannot be imported ({type(exc).__name__}: {exc}); "
                          f"install it with: {_TRT_INSTALL}") from None
     return trt
-
-
-def _load_rtx():
-    return _lazy("tensorrt_rtx", _import_rtx)
 
 
 def _point_polygraphy_at_rtx():

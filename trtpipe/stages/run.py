@@ -55,7 +55,8 @@ def run_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = Non
     report, each stage served from the stage cache when its key matches, and publish the artifacts
     into `output.dir` only if every stage succeeded (staged, then switched in as one set, publish.py).
     One run per recipe and one per output directory at a time: a second run waits for the first
-    one's lock. An output directory holding another recipe's artifacts is refused unless --take-over (or --force).
+    one's lock. An output directory holding another recipe's artifacts is refused unless
+    --take-over (or --force).
 
     Args:
         recipe_path: the recipe YAML file.
@@ -83,8 +84,9 @@ def run_recipe(recipe_path: str | Path, ui: UI, options: RunOptions | None = Non
             parser/builder failed.
         OutputError: the cache directory, output directory or timing cache is not writable; an
             output would overwrite a file the run reads; the output directory holds another
-            recipe's artifacts (without --take-over or --force); a write did not fit (disk full, quota, file size
-            limit; the message names the file and the space needed); or publishing failed.
+            recipe's artifacts (without --take-over or --force); a write did not fit (disk full,
+            quota, file size limit; the message names the file and the space needed); or
+            publishing failed.
         CorruptEntry: the same cache entry turned out corrupt three runs in a row (a bug or a
             failing disk; not a PipelineError).
     """

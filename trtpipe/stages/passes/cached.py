@@ -45,18 +45,17 @@ def run(state: RunState, cur: ModelRef, ctx: PassContext, staging: Any,
             # the graph the previous pass left, if it ran in this process: not imported again
             graph = graph if graph is not None else import_graph(cur.load())
             graph, model, stat = apply_pass(graph, cur.load(), index, item, recipe, ctx)
-        one = [stat]
-        ui.step(_step_line(label, item["pass"], one[0], "ran"))
+        ui.step(_step_line(label, item["pass"], stat, "ran"))
         after = ctx_state(ctx, cache.hasher)
         new = sorted(n for n, sha in after["artifacts"].items() if before.get(n) != sha)
         with cache.writer("pass", key) as w:
             sha = w.save_model(model)
             for name in new:  # only what this pass wrote; earlier passes' artifacts are in their entries
                 w.add_file(f"artifacts/{name}", ctx.artifacts[name])
-            w.meta = {"model_sha": sha, "stats": one[0], "ctx": after, "artifact_files": new,
+            w.meta = {"model_sha": sha, "stats": stat, "ctx": after, "artifact_files": new,
                       "notes": ctx.notes[notes:]}
             entry = w.commit(label)
-        stats.append(one[0])
+        stats.append(stat)
         cur = ModelRef(sha, entry, model)
         state.pass_models.append((label, cur, copy.deepcopy(after)))  # later passes edit ctx in place
     n_after = stats[-1]["nodes_after"] if stats else source_nodes
